@@ -1,0 +1,1 @@
+"""Engine-neutral model serving layer: types, the Backend protocol, and engine adapters."""

@@ -1,0 +1,140 @@
+"""The Backend protocol and the frozen, engine-neutral types that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str | None
+    name: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextPrompt:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrompt:
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[Mapping[str, Any], ...] = ()
+    add_generation_prompt: bool = True
+
+
+Prompt = TextPrompt | TokenPrompt | ChatPrompt
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    """None means: whatever room the context leaves after the prompt."""
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LogprobsRequest:
+    """How many alternatives to report per generated token (0 = only the chosen one)."""
+
+    top_n: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """Restricts the output: a JSON schema, a raw grammar, or tool calls."""
+
+    kind: Literal["json_object", "json_schema", "grammar", "tool_calls"]
+    schema: Mapping[str, Any] | None = None
+    grammar: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt: Prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+    logprobs: LogprobsRequest | None = None
+    constraint: Constraint | None = None
+    suffix: str | None = None
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of one choice's output. The last chunk of a choice has finish_reason and usage."""
+
+    index: int = 0
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    chat: bool = True
+    completions: bool = True
+    tools: bool = False
+    json_schema: bool = False
+    logprobs: bool = False
+    fim: bool = False
+    embeddings: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    context_length: int
+    backend: str
+    backend_reason: str
+    device: str
+    owned_by: str = "lokal"
+    created: int = 0
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One loaded model on one engine.
+
+    `generate` raises caller faults (ContextLengthExceeded, InvalidParameter, Busy) before
+    its first chunk and EngineFailure after. Closing the iterator stops the engine's work for
+    that request within one decode step.
+    """
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]: ...

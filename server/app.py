@@ -1,0 +1,106 @@
+"""create_app(settings, pool): the FastAPI application; its lifespan starts and stops the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backends.hardware import probe
+from backends.pool import ModelPool
+from server import errors
+from server.routes import chat, completions, health, models
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_pool = pool
+        if the_pool is None:
+            the_pool = ModelPool(settings.model_specs(), probe(), settings.backend)
+            the_pool.prepare()
+        app.state.pool = the_pool
+        # Load in the background: /health/live answers at once, /health/ready says 503 until
+        # the model is loaded, so orchestrators do not restart a pod that is only loading.
+        loading = asyncio.create_task(_load(the_pool))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await the_pool.stop()
+
+    app = FastAPI(title="lokal", version=_version(), lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+
+    app.add_middleware(RequestIdMiddleware)
+    errors.install(app)
+    for router in (chat.router, completions.router, models.router, health.router):
+        app.include_router(router)
+    return app
+
+
+async def _load(pool: ModelPool) -> None:
+    try:
+        await pool.start()
+    except Exception:
+        logger.exception("loading the model failed; stopping the server")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    for info in pool.models():
+        logger.info("ready: %s on %s (%s)", info.id, info.backend, info.backend_reason)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lokal")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class RequestIdMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware, which interferes with streaming and disconnects):
+    gives every request an id, from X-Request-ID when the client sent one, and echoes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        rid = sent[:128] if sent else f"req_{uuid.uuid4().hex[:24]}"
+        scope.setdefault("state", {})["request_id"] = rid
+
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Anything no handler mapped is a real fault: a 500 envelope with the request id,
+            # logged once here, never the exception text.
+            if started:
+                raise
+            await errors.error_response(exc, rid)(scope, receive, send_with_id)

@@ -1,0 +1,149 @@
+"""Exception -> OpenAI error envelope: one table for plain responses and mid-stream SSE events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backends.errors import (
+    BackendError,
+    Busy,
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidParameter,
+    ModelNotFound,
+    NotReady,
+)
+from server.protocol.common import ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error raised by the server layer itself, already in OpenAI's terms."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+def envelope(message: str, type: str, param: str | None, code: str | None) -> ErrorResponse:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def to_api_error(exc: BaseException, request_id: str) -> APIError:
+    """The single mapping from any exception to what the client sees."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextLengthExceeded):
+        return APIError(400, exc.message, param=exc.param, code="context_length_exceeded")
+    if isinstance(exc, InvalidParameter):
+        return APIError(400, exc.message, param=exc.param, code="invalid_value")
+    if isinstance(exc, ModelNotFound):
+        return APIError(404, exc.message, param=exc.param, code="model_not_found")
+    if isinstance(exc, Busy):
+        return APIError(429, exc.message, type="rate_limit_error", code="server_busy",
+                        headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, NotReady):
+        return APIError(503, exc.message, type="server_error", code="model_not_ready",
+                        headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, EngineFailure | BackendError):
+        logger.error("request %s: engine failure: %s", request_id, exc)
+    else:
+        logger.error("request %s: unhandled error", request_id, exc_info=exc)
+    return APIError(
+        500,
+        f"The server had an error while processing your request (request id {request_id}).",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "unknown"))
+
+
+def error_response(exc: BaseException, request_id: str) -> JSONResponse:
+    err = to_api_error(exc, request_id)
+    return JSONResponse(
+        envelope(err.message, err.type, err.param, err.code),
+        status_code=err.status,
+        headers={**err.headers, "X-Request-ID": request_id},
+    )
+
+
+def _param(loc: Sequence[Any]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    # Pydantic names the member of a union it tried (e.g. "str", "list[int]"); drop those.
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"}):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        detail = ctx.get("error", "invalid JSON") if isinstance(ctx, dict) else "invalid JSON"
+        return APIError(400, f"We could not parse the JSON body of your request ({detail}).")
+    loc = tuple(first.get("loc", ()))
+    param = _param(loc)
+    if first.get("type") == "missing":
+        if param is None:
+            return APIError(400, "The request body is missing; send a JSON object.")
+        return APIError(400, f"Missing required parameter: '{param}'.", param=param,
+                        code="missing_required_parameter")
+    if first.get("type") == "model_attributes_type" and param is None:
+        return APIError(400, "The request body must be a JSON object.")
+    message = f"Invalid value for '{param}': {first.get('msg')}." if param else str(first["msg"])
+    if first.get("type") == "too_short" and param:
+        message = f"Invalid '{param}': empty array. Expected an array with minimum length 1."
+        return APIError(400, message, param=param, code="empty_array")
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def install(app: FastAPI) -> None:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc), request_id_of(request))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found" if exc.status_code == 404 else None
+        err = APIError(exc.status_code, str(exc.detail), code=kind)
+        return error_response(err, request_id_of(request))
+
+    async def on_any(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, request_id_of(request))
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(APIError, on_any)
+    app.add_exception_handler(BackendError, on_any)

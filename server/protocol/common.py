@@ -1,0 +1,71 @@
+"""Wire pieces shared by chat and completions requests, and the response TypedDicts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
+
+# Strict: "0.5" is not a number and "1" is not an integer, as in OpenAI's API.
+# extra="ignore": unknown fields are accepted and ignored, as OpenAI's SDKs expect.
+WIRE_CONFIG = ConfigDict(strict=True, extra="ignore")
+
+Temperature = Annotated[float | None, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float | None, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
+MaxTokens = Annotated[int | None, Field(ge=1)]
+ChoiceCount = Annotated[int | None, Field(ge=1, le=128)]
+Stop = str | list[str] | None
+
+
+class StreamOptions(BaseModel):
+    model_config = WIRE_CONFIG
+
+    include_usage: bool | None = None
+
+
+class SamplingFields(BaseModel):
+    """Fields that chat and completions requests share."""
+
+    model_config = WIRE_CONFIG
+
+    model: str
+    max_tokens: MaxTokens = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    n: ChoiceCount = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int
+
+
+class CompletionUsage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class ErrorBody(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(TypedDict):
+    error: ErrorBody
+
+
+FinishReasonWire = Literal["stop", "length", "tool_calls"] | None
+JsonObject = dict[str, Any]

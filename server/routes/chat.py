@@ -1,0 +1,40 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from server import responses, streaming
+from server.deps import PoolDep, RequestIdDep
+from server.protocol.chat import ChatCompletionRequest
+from server.routes.disconnect import cancel_on_disconnect
+from server.translate import chat_request
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, pool: PoolDep, request_id: RequestIdDep
+) -> Response:
+    backend = pool.get(body.model)
+    generation = chat_request(body, request_id)
+    meta = streaming.StreamMeta(
+        id=f"chatcmpl-{request_id.removeprefix('req_')}",
+        created=int(time.time()),
+        model=body.model,
+        request_id=request_id,
+        include_usage=bool(body.stream and body.stream_options
+                           and body.stream_options.include_usage),
+        n=generation.n,
+    )
+    chunks = await streaming.prime(backend.generate(generation))
+    if body.stream:
+        return streaming.chat_stream(meta, chunks, generation.n)
+    result = await cancel_on_disconnect(
+        request, responses.chat_completion(meta, chunks, generation.n)
+    )
+    return JSONResponse(result)

@@ -1,0 +1,66 @@
+"""POST /v1/completions (text and IDE autocomplete)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from backends.base import Chunk
+from server import responses, streaming
+from server.deps import PoolDep, RequestIdDep
+from server.protocol.completions import CompletionRequest
+from server.routes.disconnect import cancel_on_disconnect
+from server.translate import completion_requests
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest, request: Request, pool: PoolDep, request_id: RequestIdDep
+) -> Response:
+    backend = pool.get(body.model)
+    generations = completion_requests(body, request_id)
+    n = generations[0].n
+    meta = streaming.StreamMeta(
+        id=f"cmpl-{request_id.removeprefix('req_')}",
+        created=int(time.time()),
+        model=body.model,
+        request_id=request_id,
+        include_usage=bool(body.stream and body.stream_options
+                           and body.stream_options.include_usage),
+        n=n,
+    )
+    # Every prompt is primed before the first byte, so a bad prompt anywhere is a plain 400.
+    primed: list[AsyncGenerator[Chunk, None]] = []
+    try:
+        for generation in generations:
+            primed.append(await streaming.prime(backend.generate(generation)))
+    except BaseException:
+        for chunks in primed:
+            await chunks.aclose()
+        raise
+    chunks = _renumbered(primed, n)
+    if body.stream:
+        return streaming.completion_stream(meta, chunks)
+    result = await cancel_on_disconnect(
+        request, responses.completion(meta, chunks, n * len(generations))
+    )
+    return JSONResponse(result)
+
+
+async def _renumbered(
+    streams: list[AsyncGenerator[Chunk, None]], n: int
+) -> AsyncGenerator[Chunk, None]:
+    """Choice i of prompt p becomes index p * n + i, as in OpenAI's API."""
+    try:
+        for p, stream in enumerate(streams):
+            async for chunk in stream:
+                yield replace(chunk, index=p * n + chunk.index) if p else chunk
+    finally:
+        for stream in streams:
+            await stream.aclose()

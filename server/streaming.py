@@ -1,0 +1,140 @@
+"""The only module that knows SSE framing: role and usage chunks, mid-stream errors, [DONE]."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+
+from backends.base import Chunk, Usage
+from backends.errors import EngineFailure
+from server.errors import envelope, to_api_error
+from server.translate import UsageTotal, usage_wire
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeta:
+    id: str
+    created: int
+    model: str
+    request_id: str
+    include_usage: bool
+    n: int
+    """Choices per prompt; a chunk's prompt is index // n."""
+
+
+async def prime(chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
+    """Wait for the first chunk so that caller faults surface as plain 4xx before HTTP 200."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        raise EngineFailure("the engine ended the stream without a result") from None
+    except BaseException:
+        await chunks.aclose()
+        raise
+
+    async def replay() -> AsyncGenerator[Chunk, None]:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+
+    return replay()
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _frames(
+    meta: StreamMeta,
+    chunks: AsyncGenerator[Chunk, None],
+    head: Callable[[int], dict[str, Any]],
+    piece: Callable[[Chunk], dict[str, Any]],
+    envelope_of: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    n_choices: int,
+    null_usage: bool,
+) -> AsyncIterator[str]:
+    """Shared SSE body: optional per-choice head chunks, pieces, usage chunk, [DONE].
+
+    With include_usage, chat chunks carry `"usage": null` until the last one (as OpenAI sends
+    them); the legacy completions schema does not allow null there, so those omit the key."""
+    total = UsageTotal()
+
+    def wrap(choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
+        obj = envelope_of(choices)
+        if usage is not None:
+            obj["usage"] = usage_wire(usage)
+        elif meta.include_usage and null_usage:
+            obj["usage"] = None
+        return _dump(obj)
+
+    try:
+        for index in range(n_choices):
+            first = head(index)
+            if first:
+                yield wrap([first])
+        async for chunk in chunks:
+            total.add(chunk, chunk.index // meta.n)
+            if chunk.text or chunk.finish_reason is not None:
+                yield wrap([piece(chunk)])
+        if meta.include_usage:
+            yield wrap([], total.usage())
+    except Exception as exc:
+        err = to_api_error(exc, meta.request_id)
+        logger.warning("request %s: stream failed mid-way: %s", meta.request_id, err.message)
+        yield _dump(envelope(err.message, err.type, err.param, err.code))
+    finally:
+        await chunks.aclose()
+    yield "[DONE]"
+
+
+def chat_stream(
+    meta: StreamMeta, chunks: AsyncGenerator[Chunk, None], n_choices: int
+) -> EventSourceResponse:
+    def envelope_of(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
+                "model": meta.model, "choices": choices}
+
+    def head(index: int) -> dict[str, Any]:
+        return {"index": index, "delta": {"role": "assistant", "content": ""},
+                "logprobs": None, "finish_reason": None}
+
+    def piece(chunk: Chunk) -> dict[str, Any]:
+        return {"index": chunk.index, "delta": {"content": chunk.text}, "logprobs": None,
+                "finish_reason": chunk.finish_reason}
+
+    return _response(_frames(meta, chunks, head, piece, envelope_of, n_choices, True))
+
+
+def completion_stream(meta: StreamMeta, chunks: AsyncGenerator[Chunk, None]) -> EventSourceResponse:
+    def envelope_of(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": meta.id, "object": "text_completion", "created": meta.created,
+                "model": meta.model, "choices": choices}
+
+    def piece(chunk: Chunk) -> dict[str, Any]:
+        return {"index": chunk.index, "text": chunk.text, "logprobs": None,
+                "finish_reason": chunk.finish_reason}
+
+    return _response(_frames(meta, chunks, lambda _: {}, piece, envelope_of, 0, False))
+
+
+def _response(frames: AsyncIterator[str]) -> EventSourceResponse:
+    async def events() -> AsyncIterator[dict[str, str]]:
+        async for frame in frames:
+            yield {"data": frame}
+
+    return EventSourceResponse(
+        events(),
+        sep="\n",
+        ping=15,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,80 @@
+"""The sandboxed chat-template renderer, on the default model's real template and on edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.base import ChatMessage
+from backends.chat_template import ChatTemplate
+from backends.errors import InvalidParameter
+from backends.spec import DEFAULT_CONFIG, ModelSpec
+
+
+@pytest.fixture(scope="module")
+def smollm_template() -> str:
+    import llama_cpp
+
+    path = ModelSpec.from_yaml(DEFAULT_CONFIG).gguf_path()
+    llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    template = llama.metadata["tokenizer.chat_template"]
+    assert isinstance(template, str)
+    return template
+
+
+def test_real_smollm2_template(smollm_template: str) -> None:
+    out = ChatTemplate(smollm_template).render(
+        [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")]
+    )
+    assert out == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                   "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_default_system_prompt_of_smollm2(smollm_template: str) -> None:
+    out = ChatTemplate(smollm_template).render([ChatMessage("user", "Hi")])
+    assert out.startswith("<|im_start|>system\n")
+    assert out.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_no_generation_prompt(smollm_template: str) -> None:
+    out = ChatTemplate(smollm_template).render([ChatMessage("user", "Hi")],
+                                               add_generation_prompt=False)
+    assert not out.endswith("<|im_start|>assistant\n")
+
+
+def test_raise_exception_becomes_invalid_parameter() -> None:
+    template = ChatTemplate(
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}"
+        "{% endif %}ok"
+    )
+    assert template.render([ChatMessage("user", "x")]) == "ok"
+    with pytest.raises(InvalidParameter, match="first must be user"):
+        template.render([ChatMessage("assistant", "x")])
+
+
+def test_sandbox_blocks_python_internals() -> None:
+    template = ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(InvalidParameter):
+        template.render([ChatMessage("user", "x")])
+
+
+def test_tojson_bos_and_tool_call_arguments_as_mapping() -> None:
+    template = ChatTemplate(
+        "{{ bos_token }}{% for m in messages %}{% if m.tool_calls %}"
+        "{{ m.tool_calls[0].function.arguments | tojson }}{% endif %}{% endfor %}",
+        bos_token="<s>",
+    )
+    msg = ChatMessage("assistant", None, tool_calls=(
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},))
+    assert template.render([msg]) == '<s>{"a": 1}'
+
+
+def test_fallback_template_is_chatml() -> None:
+    template = ChatTemplate(None)
+    assert template.is_fallback
+    assert template.render([ChatMessage("user", "Hi")]) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_syntax_error_is_reported_at_load() -> None:
+    with pytest.raises(ValueError, match="invalid chat template"):
+        ChatTemplate("{% for %}")
