@@ -121,6 +121,19 @@ class ModelInfo:
     capabilities: Capabilities = field(default_factory=Capabilities)
 
 
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """A snapshot for metrics and readiness; counters are totals since start."""
+
+    running: int = 0
+    waiting: int = 0
+    slots_total: int = 1
+    kv_cells_used: int = 0
+    kv_cells_total: int = 0
+    prefix_cache_hit_tokens: int = 0
+    cancelled: int = 0
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One loaded model on one engine.

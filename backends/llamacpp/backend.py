@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from backends.base import (
+    BackendStats,
     Capabilities,
     ChatPrompt,
     Chunk,
@@ -97,6 +98,14 @@ class LlamaCppBackend:
         return bytes(self._llama._model.detokenize([token], special=True)).decode(
             "utf-8", errors="replace"
         )
+
+    def stats(self) -> BackendStats:
+        engine = self._engine
+        if engine is None:
+            return BackendStats()
+        return BackendStats(running=engine.running, waiting=engine.waiting,
+                            prefix_cache_hit_tokens=engine.cached_tokens_total,
+                            cancelled=engine.cancelled_total)
 
     async def stop(self) -> None:
         if self._engine is not None:

@@ -54,7 +54,9 @@ class EngineThread:
         self._llama = llama
         self._jobs: queue.Queue[Job | object] = queue.Queue(maxsize=max_waiting)
         self._thread = threading.Thread(target=self._run, name="lokal-llamacpp", daemon=True)
-        self._busy = threading.Event()
+        self.running = 0
+        self.cached_tokens_total = 0
+        self.cancelled_total = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -79,11 +81,14 @@ class EngineThread:
             assert isinstance(job, Job)
             if job.cancelled.is_set():
                 continue
+            self.running = 1
             try:
                 self._generate(job)
             except Exception:
                 logger.exception("request %s: llama.cpp engine fault", job.request_id)
                 job.emit(Event(job.index, error="llama.cpp engine fault"))
+            finally:
+                self.running = 0
 
     def _reusable_prefix(self, prompt: list[int]) -> int:
         """How many leading prompt tokens can keep their KV cells from the previous request.
@@ -107,6 +112,7 @@ class EngineThread:
         vocab = llama._model.vocab
         keep = self._reusable_prefix(job.prompt)
         llama.n_tokens = keep
+        self.cached_tokens_total += keep
         llama.set_seed(job.seed)
         sampling = job.sampling
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -128,6 +134,7 @@ class EngineThread:
         try:
             for token in tokens:
                 if job.cancelled.is_set():
+                    self.cancelled_total += 1
                     logger.info("request %s: cancelled after %d tokens", job.request_id, generated)
                     return
                 if llama_cpp.llama_vocab_is_eog(vocab, token):

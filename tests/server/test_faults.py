@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 
-from backends.base import Capabilities, Chunk, GenerationRequest, ModelInfo, Usage
+from backends.base import BackendStats, Capabilities, Chunk, GenerationRequest, ModelInfo, Usage
 from backends.errors import Busy, EngineFailure, InvalidParameter
 from backends.hardware import Hardware
 from backends.pool import ModelPool
@@ -33,6 +33,9 @@ class FaultyBackend:
 
     async def start(self) -> None:
         pass
+
+    def stats(self) -> BackendStats:
+        return BackendStats()
 
     async def stop(self) -> None:
         pass
