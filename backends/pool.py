@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from backends.base import Backend, ModelInfo
@@ -31,6 +32,7 @@ class ModelPool:
         self._pending: dict[str, Backend] = {}
         self._backends: dict[str, Backend] = {}
         self.ready = False
+        self.load_seconds: dict[str, float] = {}
 
     def prepare(self) -> None:
         """Choose an engine for every model and check its files; fast, raises on a bad setup."""
@@ -44,7 +46,9 @@ class ModelPool:
         if not self._pending:
             self.prepare()
         for model_id, backend in list(self._pending.items()):
+            started = time.perf_counter()
             await backend.start()
+            self.load_seconds[model_id] = time.perf_counter() - started
             self._backends[model_id] = self._pending.pop(model_id)
         self.ready = True
 

@@ -11,19 +11,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.hardware import probe
 from backends.pool import ModelPool
 from server import errors
-from server.routes import chat, completions, health, models
+from server.auth import APIKeyMiddleware
+from server.limits import BodyLimitMiddleware
+from server.logs import REQUEST_ID
+from server.metrics import Metrics, RequestMetricsMiddleware
+from server.routes import chat, completions, health, metrics, models
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastAPI:
+    api_keys = settings.api_keys()  # read now: a bad key file stops start-up, not a request
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         the_pool = pool
@@ -31,28 +38,40 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
             the_pool = ModelPool(settings.model_specs(), probe(), settings.backend)
             the_pool.prepare()
         app.state.pool = the_pool
+        app.state.metrics = Metrics(the_pool, _version())
         # Load in the background: /health/live answers at once, /health/ready says 503 until
         # the model is loaded, so orchestrators do not restart a pod that is only loading.
-        loading = asyncio.create_task(_load(the_pool))
+        loading = asyncio.create_task(_load(the_pool, app.state.metrics))
         try:
             yield
         finally:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await the_pool.stop()
+            logger.info("engines stopped")
 
     app = FastAPI(title="lokal", version=_version(), lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
+    # Outermost last: request id, metrics, CORS (preflights answered before auth), API key,
+    # body size.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=api_keys, metrics_open=settings.metrics_open)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID"])
+    app.add_middleware(RequestMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for router in (chat.router, completions.router, models.router, health.router):
+    for router in (chat.router, completions.router, models.router, health.router,
+                   metrics.router):
         app.include_router(router)
     return app
 
 
-async def _load(pool: ModelPool) -> None:
+async def _load(pool: ModelPool, app_metrics: Metrics) -> None:
     try:
         await pool.start()
     except Exception:
@@ -60,6 +79,7 @@ async def _load(pool: ModelPool) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return
     for info in pool.models():
+        app_metrics.model_load.labels(info.id).set(pool.load_seconds.get(info.id, 0.0))
         logger.info("ready: %s on %s (%s)", info.id, info.backend, info.backend_reason)
 
 
@@ -86,6 +106,7 @@ class RequestIdMiddleware:
         sent = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
         rid = sent[:128] if sent else f"req_{uuid.uuid4().hex[:24]}"
         scope.setdefault("state", {})["request_id"] = rid
+        token = REQUEST_ID.set(rid)  # every log line of this request carries it
 
         started = False
 
@@ -104,3 +125,5 @@ class RequestIdMiddleware:
             if started:
                 raise
             await errors.error_response(exc, rid)(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)

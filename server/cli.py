@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,25 @@ def _parser() -> argparse.ArgumentParser:
                        help="context window per request (LOKAL_CONTEXT_LENGTH)")
     serve.add_argument("--log-level", dest="log_level",
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", dest="log_format", choices=["text", "json"],
+                       help="log line format (default text; LOKAL_LOG_FORMAT)")
+    serve.add_argument("--log-prompts", dest="log_prompts", action="store_true", default=None,
+                       help="log prompt text (default off; LOKAL_LOG_PROMPTS)")
+    # Keys themselves only through LOKAL_API_KEY or a file: a flag would show them in `ps`.
+    serve.add_argument("--api-key-file", dest="api_key_file", type=Path,
+                       help="file with accepted API keys, one a line (LOKAL_API_KEY_FILE)")
+    serve.add_argument("--metrics-open", dest="metrics_open", action="store_true",
+                       default=None, help="serve /metrics without a key (LOKAL_METRICS_OPEN)")
+    serve.add_argument("--cors-origins", dest="cors_origins",
+                       help="comma-separated origins allowed by CORS (LOKAL_CORS_ORIGINS)")
+    serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int,
+                       help="largest request body (default 8 MiB; LOKAL_MAX_BODY_BYTES)")
+    serve.add_argument("--request-timeout", dest="request_timeout", type=float,
+                       help="seconds a request may take, 0 = none (default 600; "
+                       "LOKAL_REQUEST_TIMEOUT)")
+    serve.add_argument("--shutdown-grace", dest="shutdown_grace", type=int,
+                       help="seconds running requests get after SIGTERM (default 30; "
+                       "LOKAL_SHUTDOWN_GRACE)")
     return parser
 
 
@@ -41,10 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"lokal: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from server import logs, streaming
+
+    logs.configure(settings.log_level, settings.log_format)
     import uvicorn
 
     from backends.errors import BackendUnavailable
@@ -55,15 +72,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pool = ModelPool(settings.model_specs(), probe(), settings.backend)
         pool.prepare()
+        app = create_app(settings, pool)
     except BackendUnavailable as exc:
         print(f"lokal: {exc.message}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:
         print(f"lokal: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, pool)
+    # On SIGTERM uvicorn stops accepting, waits up to shutdown_grace for running requests
+    # (streams included, see streaming.finish_streams_on_shutdown), then runs the lifespan's
+    # shutdown, which stops the engine.
+    streaming.finish_streams_on_shutdown()
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=30)
+                            log_level=settings.log_level, log_config=None,
+                            timeout_graceful_shutdown=settings.shutdown_grace)
     uvicorn.Server(config).run()
     return 0
 

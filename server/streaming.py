@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import AppStatus
 
 from backends.base import Chunk, Usage
 from backends.errors import EngineFailure
@@ -125,6 +126,14 @@ def completion_stream(meta: StreamMeta, chunks: AsyncGenerator[Chunk, None]) -> 
                 "finish_reason": chunk.finish_reason}
 
     return _response(_frames(meta, chunks, lambda _: {}, piece, envelope_of, 0, False))
+
+
+def finish_streams_on_shutdown() -> None:
+    """By default sse-starlette cuts every open stream when uvicorn gets SIGTERM. lokal lets
+    them finish instead: uvicorn then waits for them for its graceful-shutdown timeout
+    (LOKAL_SHUTDOWN_GRACE) and cancels what is left. sse-starlette keeps this switch
+    process-wide; it is flipped once, by `lokal serve`."""
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
 
 def _response(frames: AsyncIterator[str]) -> EventSourceResponse:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server import responses, streaming
 from server.deps import PoolDep, RequestIdDep
+from server.generation import start as start_generation
 from server.protocol.chat import ChatCompletionRequest
 from server.routes.disconnect import cancel_on_disconnect
 from server.translate import chat_request
@@ -31,7 +32,7 @@ async def create_chat_completion(
                            and body.stream_options.include_usage),
         n=generation.n,
     )
-    chunks = await streaming.prime(backend.generate(generation))
+    chunks = await streaming.prime(start_generation(request, backend, generation))
     if body.stream:
         return streaming.chat_stream(meta, chunks, generation.n)
     result = await cancel_on_disconnect(

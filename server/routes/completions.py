@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from backends.base import Chunk
 from server import responses, streaming
 from server.deps import PoolDep, RequestIdDep
+from server.generation import start as start_generation
 from server.protocol.completions import CompletionRequest
 from server.routes.disconnect import cancel_on_disconnect
 from server.translate import completion_requests
@@ -39,7 +40,7 @@ async def create_completion(
     primed: list[AsyncGenerator[Chunk, None]] = []
     try:
         for generation in generations:
-            primed.append(await streaming.prime(backend.generate(generation)))
+            primed.append(await streaming.prime(start_generation(request, backend, generation)))
     except BaseException:
         for chunks in primed:
             await chunks.aclose()

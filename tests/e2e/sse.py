@@ -17,6 +17,8 @@ def read_events(response: httpx.Response) -> tuple[list[Any], list[str]]:
         if not block.strip():
             continue
         lines = block.split("\n")
+        if all(ln.startswith(":") for ln in lines):
+            continue  # a comment-only event: the keep-alive ping on a slow stream
         data = [ln for ln in lines if ln.startswith("data: ")]
         others = [ln for ln in lines if not ln.startswith("data: ") and not ln.startswith(":")]
         assert not others, f"unexpected SSE lines: {others!r}"

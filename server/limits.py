@@ -1,0 +1,98 @@
+"""Per-request limits: the request body size (413) and the time a generation may take (504)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backends.base import Chunk
+from server.errors import APIError, error_response
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is larger than this server's limit of {limit} "
+                    "bytes (LOKAL_MAX_BODY_BYTES).", code="request_too_large")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuses a body over `limit` bytes with 413: at once from Content-Length, or while it
+    streams in (chunked uploads send none). FastAPI turns an exception raised while it reads
+    the body into a 400, so the overflow is remembered here and the answer replaced."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = str(scope.get("state", {}).get("request_id", "unknown"))
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await error_response(body_too_large(self.limit), request_id)(scope, receive, send)
+            return
+
+        received = 0
+        exceeded = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the app's answer to the broken read; ours goes out instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if exceeded and not started:
+            await error_response(body_too_large(self.limit), request_id)(scope, receive, send)
+
+
+def request_timeout(seconds: float) -> APIError:
+    return APIError(504, f"The request took longer than this server's limit of {seconds:g} "
+                    "seconds (LOKAL_REQUEST_TIMEOUT).", type="server_error", code="timeout")
+
+
+async def with_deadline(
+    chunks: AsyncGenerator[Chunk, None], started: float, seconds: float
+) -> AsyncGenerator[Chunk, None]:
+    """The engine's stream, ended with a 504 APIError once `seconds` have passed since
+    `started` (time.perf_counter). Before the first chunk that is a plain 504; after it, the
+    SSE layer turns it into one error event and [DONE]. Closing the engine's stream on the way
+    out stops its work."""
+    try:
+        while True:
+            remaining = started + seconds - time.perf_counter()
+            try:
+                async with asyncio.timeout(max(remaining, 0)) as window:
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if window.expired():
+                    raise request_timeout(seconds) from None
+                raise
+            yield chunk
+    finally:
+        await chunks.aclose()

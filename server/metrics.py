@@ -1,0 +1,196 @@
+"""Prometheus metrics, one `lokal_*` scheme for every engine: objects, observe helpers, the
+request-counting middleware. Latencies and tokens are measured here, from the chunk stream."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncGenerator, Iterator
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backends.base import BackendStats, Chunk
+from backends.pool import ModelPool
+
+# Buckets for LLM work: a first token in tens of ms (cached, small model) to a minute (long
+# prompt on CPU); tokens every few ms (GPU) to a second (CPU under load); whole requests up
+# to the 10-minute default timeout.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
+               1.0, 2.5)
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+                   600.0)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@runtime_checkable
+class _HasStats(Protocol):
+    def stats(self) -> BackendStats: ...
+
+
+class Metrics:
+    """Every metric of one app, in the app's own registry (never the global one, so two apps
+    in one process, as in tests, do not collide)."""
+
+    def __init__(self, pool: ModelPool, version: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("lokal_requests", "HTTP requests by endpoint and status code",
+                                ["model", "endpoint", "status"], registry=r)
+        self.request_duration = Histogram(
+            "lokal_request_duration_seconds", "Time from request to the last byte sent",
+            ["model", "endpoint"], buckets=REQUEST_BUCKETS, registry=r)
+        self.time_to_first_token = Histogram(
+            "lokal_time_to_first_token_seconds",
+            "Time from the request's arrival to its first generated token",
+            ["model"], buckets=TTFT_BUCKETS, registry=r)
+        self.inter_token_latency = Histogram(
+            "lokal_inter_token_latency_seconds", "Time between two tokens of one choice",
+            ["model"], buckets=ITL_BUCKETS, registry=r)
+        self.queue_time = Histogram(
+            "lokal_queue_time_seconds", "Time a request waited for an engine slot",
+            ["model"], buckets=QUEUE_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("lokal_prompt_tokens", "Prompt tokens processed",
+                                     ["model"], registry=r)
+        self.generation_tokens = Counter("lokal_generation_tokens", "Tokens generated",
+                                         ["model"], registry=r)
+        self.model_load = Gauge("lokal_model_load_seconds", "Time the model took to load",
+                                ["model"], registry=r)
+        r.register(ProcessCollector(registry=None))
+        r.register(EngineCollector(pool, version))
+
+    async def observe(
+        self, chunks: AsyncGenerator[Chunk, None], model: str, started: float
+    ) -> AsyncGenerator[Chunk, None]:
+        """Passes one generation's chunks through, timing them (`started` is the request's
+        time.perf_counter at arrival) and counting the tokens the engine reports."""
+        first_token_seen = False
+        last_token_at: dict[int, float] = {}
+        prompt_counted = False
+        try:
+            async for chunk in chunks:
+                now = time.perf_counter()
+                # Engines that queue report the wait on a choice's first chunk; read with
+                # getattr so that engines (and base.py versions) without the field still work.
+                queued: float | None = getattr(chunk, "queue_seconds", None)
+                if queued is not None:
+                    self.queue_time.labels(model).observe(queued)
+                tokens = len(chunk.token_ids) or (1 if chunk.text else 0)
+                if tokens:
+                    if not first_token_seen:
+                        first_token_seen = True
+                        self.time_to_first_token.labels(model).observe(now - started)
+                    previous = last_token_at.get(chunk.index)
+                    if previous is not None:
+                        gap = (now - previous) / tokens
+                        for _ in range(tokens):
+                            self.inter_token_latency.labels(model).observe(gap)
+                    last_token_at[chunk.index] = now
+                if chunk.usage is not None:
+                    self.generation_tokens.labels(model).inc(chunk.usage.completion_tokens)
+                    if not prompt_counted:  # n choices of one prompt share it
+                        prompt_counted = True
+                        self.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
+                yield chunk
+        finally:
+            await chunks.aclose()
+
+
+class EngineCollector(Collector):
+    """Read at scrape time from each engine's stats(), so gauges are never stale: running,
+    waiting, slots, KV-cache use, prefix-cache hits, cancellations; plus lokal_info."""
+
+    def __init__(self, pool: ModelPool, version: str) -> None:
+        self.pool = pool
+        self.version = version
+
+    def collect(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("lokal", "Engine, device and version serving each model",
+                                labels=["model", "engine", "device", "version"])
+        ready = GaugeMetricFamily("lokal_ready", "1 once every model is loaded")
+        ready.add_metric([], 1.0 if self.pool.ready else 0.0)
+        running = GaugeMetricFamily("lokal_requests_running", "Requests being decoded",
+                                    labels=["model"])
+        waiting = GaugeMetricFamily("lokal_requests_waiting", "Requests queued for a slot",
+                                    labels=["model"])
+        slots = GaugeMetricFamily("lokal_slots", "Sequences the engine decodes together",
+                                  labels=["model"])
+        kv = GaugeMetricFamily("lokal_kv_cache_usage_ratio", "KV-cache cells in use, 0..1",
+                               labels=["model"])
+        hits = CounterMetricFamily("lokal_prefix_cache_hit_tokens",
+                                   "Prompt tokens reused from the prefix cache", labels=["model"])
+        cancelled = CounterMetricFamily("lokal_requests_cancelled",
+                                        "Generations stopped early (client gone, timeout, "
+                                        "shutdown)", labels=["model"])
+        for model in self.pool.models():
+            info.add_metric([model.id, model.backend, model.device, self.version], {})
+            backend = self.pool.get(model.id)
+            if not isinstance(backend, _HasStats):
+                continue
+            stats = backend.stats()
+            running.add_metric([model.id], stats.running)
+            waiting.add_metric([model.id], stats.waiting)
+            slots.add_metric([model.id], stats.slots_total)
+            if stats.kv_cells_total > 0:
+                kv.add_metric([model.id], stats.kv_cells_used / stats.kv_cells_total)
+            hits.add_metric([model.id], stats.prefix_cache_hit_tokens)
+            cancelled.add_metric([model.id], stats.cancelled)
+        yield from (info, ready, running, waiting, slots, kv, hits, cancelled)
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request by endpoint (the route's template, never the raw path, so
+    label values stay few) and status, and times it to its last byte, streams included. The
+    model label is the served model's id, set by the route once it resolved the name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+        if scope["type"] != "http" or metrics is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["started"] = started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = self.endpoint(scope)
+            model = str(state.get("model", ""))
+            metrics.requests.labels(model, endpoint, str(status)).inc()
+            metrics.request_duration.labels(model, endpoint).observe(
+                time.perf_counter() - started)
+
+    def endpoint(self, scope: Scope) -> str:
+        """The route that served the request; for one refused before routing (401, 413),
+        the OpenAPI path template its path fits."""
+        route = scope.get("route")
+        if route is not None:
+            return str(getattr(route, "path_format", "other"))
+        if self.templates is None:
+            paths = [*scope["app"].openapi().get("paths", {}), "/metrics"]
+            self.templates = [(re.compile(re.sub(r"\\{[^/]+?\\}", ".+", re.escape(p))), p)
+                              for p in paths]
+        for pattern, template in self.templates:
+            if pattern.fullmatch(scope["path"]):
+                return template
+        return "other"

@@ -1,0 +1,61 @@
+"""The per-request deadline over a chunk stream: a 504 APIError, and the stream closed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+
+import pytest
+
+from backends.base import Chunk
+from server.errors import APIError
+from server.limits import with_deadline
+
+
+class Stream:
+    """A chunk stream that yields every `gap` seconds and records being closed."""
+
+    def __init__(self, count: int, gap: float) -> None:
+        self.count, self.gap, self.closed = count, gap, False
+
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        try:
+            for i in range(self.count):
+                await asyncio.sleep(self.gap)
+                yield Chunk(0, f"t{i}", (i,))
+        finally:
+            self.closed = True
+
+
+async def _drain(chunks: AsyncGenerator[Chunk, None]) -> list[str]:
+    return [c.text async for c in chunks]
+
+
+def test_a_stream_within_the_deadline_passes_untouched() -> None:
+    stream = Stream(3, 0)
+    texts = asyncio.run(_drain(with_deadline(stream.chunks(), time.perf_counter(), 60)))
+    assert texts == ["t0", "t1", "t2"]
+    assert stream.closed
+
+
+def test_a_stream_past_the_deadline_ends_with_a_504_and_is_closed() -> None:
+    stream = Stream(1000, 0.01)
+    got: list[str] = []
+
+    async def run() -> None:
+        async for chunk in with_deadline(stream.chunks(), time.perf_counter(), 0.2):
+            got.append(chunk.text)
+
+    with pytest.raises(APIError) as info:
+        asyncio.run(run())
+    assert info.value.status == 504 and info.value.code == "timeout"
+    assert 0 < len(got) < 1000
+    assert stream.closed
+
+
+def test_a_deadline_already_past_fails_before_the_first_chunk() -> None:
+    stream = Stream(5, 0.01)
+    with pytest.raises(APIError):
+        asyncio.run(_drain(with_deadline(stream.chunks(), time.perf_counter() - 10, 1)))
+    assert stream.closed

@@ -1,0 +1,102 @@
+"""Metrics.observe on a chunk stream: TTFT once, inter-token gaps per choice, tokens from the
+engine's usage (a prompt's tokens once for its n choices), queue time when reported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+
+from prometheus_client import generate_latest
+
+from backends.base import Chunk, Usage
+from backends.hardware import Hardware
+from backends.pool import ModelPool
+from backends.spec import ModelSpec
+from server.metrics import Metrics
+
+
+def _metrics() -> Metrics:
+    spec = ModelSpec.model_validate({"id": "m", "gguf": {"path": "/nowhere.gguf"}})
+    return Metrics(ModelPool([spec], Hardware((), "test")), "1.2.3")
+
+
+def _value(metrics: Metrics, name: str, **labels: str) -> float:
+    got = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if got is None else got
+
+
+async def _two_choices() -> AsyncGenerator[Chunk, None]:
+    for step in range(3):
+        for index in (0, 1):
+            yield Chunk(index, f"c{index}s{step}", (step,))
+    yield Chunk(0, finish_reason="length", usage=Usage(7, 3))
+    yield Chunk(1, finish_reason="length", usage=Usage(7, 3))
+
+
+async def _drain(chunks: AsyncGenerator[Chunk, None]) -> int:
+    return len([c async for c in chunks])
+
+
+def test_observe_counts_prompt_once_and_every_generated_token() -> None:
+    metrics = _metrics()
+    seen = asyncio.run(_drain(metrics.observe(_two_choices(), "m", time.perf_counter())))
+    assert seen == 8  # passes every chunk through
+    assert _value(metrics, "lokal_prompt_tokens_total", model="m") == 7
+    assert _value(metrics, "lokal_generation_tokens_total", model="m") == 6
+    assert _value(metrics, "lokal_time_to_first_token_seconds_count", model="m") == 1
+    # 3 tokens per choice -> 2 gaps per choice
+    assert _value(metrics, "lokal_inter_token_latency_seconds_count", model="m") == 4
+
+
+def test_ttft_is_measured_from_the_request_start() -> None:
+    metrics = _metrics()
+    started = time.perf_counter() - 5.0  # the request arrived five seconds ago
+    asyncio.run(_drain(metrics.observe(_two_choices(), "m", started)))
+    assert _value(metrics, "lokal_time_to_first_token_seconds_sum", model="m") >= 5.0
+    assert _value(metrics, "lokal_time_to_first_token_seconds_bucket", model="m",
+                  le="2.5") == 0
+
+
+def test_queue_time_is_observed_when_the_engine_reports_it() -> None:
+    metrics = _metrics()
+
+    async def queued() -> AsyncGenerator[Chunk, None]:
+        first = Chunk(0, "a", (1,))
+        if "queue_seconds" in Chunk.__dataclass_fields__:
+            first = Chunk(0, "a", (1,), queue_seconds=0.3)  # type: ignore[call-arg,unused-ignore]
+        yield first
+        yield Chunk(0, finish_reason="stop", usage=Usage(1, 1))
+
+    asyncio.run(_drain(metrics.observe(queued(), "m", time.perf_counter())))
+    expected = 1 if "queue_seconds" in Chunk.__dataclass_fields__ else 0
+    assert _value(metrics, "lokal_queue_time_seconds_count", model="m") == expected
+
+
+def test_closing_the_observed_stream_closes_the_engine_stream() -> None:
+    metrics = _metrics()
+    closed = False
+
+    async def engine() -> AsyncGenerator[Chunk, None]:
+        nonlocal closed
+        try:
+            while True:
+                yield Chunk(0, "x", (1,))
+        finally:
+            closed = True
+
+    async def take_two() -> None:
+        observed = metrics.observe(engine(), "m", time.perf_counter())
+        await anext(observed)
+        await anext(observed)
+        await observed.aclose()
+
+    asyncio.run(take_two())
+    assert closed
+
+
+def test_before_loading_only_readiness_and_process_series() -> None:
+    text = generate_latest(_metrics().registry).decode()
+    assert "lokal_ready 0.0" in text
+    assert "lokal_info{" not in text  # no model is loaded yet
+    assert "process_resident_memory_bytes" in text
