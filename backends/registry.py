@@ -67,6 +67,6 @@ def create_backend(spec: ModelSpec, hardware: Hardware, forced: str | None = Non
         from backends.llamacpp.backend import LlamaCppBackend
 
         return LlamaCppBackend(spec, reason=reason)
-    raise BackendUnavailable(
-        "the vLLM adapter is not part of this build yet; use --backend llamacpp with a GGUF model"
-    )
+    from backends.vllm.backend import VllmBackend
+
+    return VllmBackend(spec, hardware, reason=reason)

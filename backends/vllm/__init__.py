@@ -1,0 +1,1 @@
+"""lokal's vLLM adapter; importing this package imports no vLLM."""

@@ -1,0 +1,361 @@
+"""VllmBackend's contract against a fake engine: no vLLM needed, so it runs in the fast suite."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.base import (
+    ChatMessage,
+    ChatPrompt,
+    Chunk,
+    Constraint,
+    GenerationRequest,
+    LogprobsRequest,
+    SamplingParams,
+    TextPrompt,
+    TokenPrompt,
+)
+from backends.errors import (
+    BackendUnavailable,
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidParameter,
+    NotReady,
+)
+from backends.hardware import Hardware
+from backends.registry import create_backend
+from backends.spec import ModelSpec
+from backends.vllm.backend import VllmBackend, engine_args
+from backends.vllm.engine import EngineDelta, EngineParams, Structured
+
+CPU = Hardware((), "NVML reports no GPU")
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+class FakeTokenizer:
+    """One token per character: lengths are easy to reason about."""
+
+    def __init__(self, vocab: Mapping[str, int]) -> None:
+        self.vocab = dict(vocab)
+        self.calls: list[tuple[str, bool]] = []
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.calls.append((text, add_special_tokens))
+        return ([1] if add_special_tokens else []) + [ord(c) % 1000 for c in text]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+
+@dataclass
+class Call:
+    prompt: list[int]
+    params: EngineParams
+    request_id: str
+
+
+@dataclass
+class FakeEngine:
+    """Replays `script` (text pieces) for every request, then finishes with `finish`."""
+
+    script: tuple[str, ...] = ("Hel", "lo", "!")
+    finish: str = "stop"
+    fail_with: BaseException | None = None
+    endless: bool = False
+    vocab: Mapping[str, int] = field(default_factory=dict)
+    vocab_size: int = 1000
+    chat_template: str | None = TEMPLATE
+    bos_token: str = "<|im_start|>"
+    eos_token: str = "<|im_end|>"
+    calls: list[Call] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    shut: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokenizer = FakeTokenizer(self.vocab)
+
+    async def generate(self, prompt: list[int], params: EngineParams,
+                       request_id: str) -> AsyncIterator[EngineDelta]:
+        self.calls.append(Call(prompt, params, request_id))
+        if self.fail_with is not None:
+            raise self.fail_with
+        step = 0
+        while self.endless:
+            step += 1
+            yield EngineDelta("x", (step,))
+            await asyncio.sleep(0)
+        for i, piece in enumerate(self.script):
+            last = i == len(self.script) - 1
+            yield EngineDelta(piece, (100 + i,), self.finish if last else None,
+                              cached_tokens=7 if last else 0)
+            await asyncio.sleep(0)
+
+    async def abort(self, request_ids: list[str]) -> None:
+        self.aborted.extend(request_ids)
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def make_spec(tmp_path: Path, **extra: Any) -> ModelSpec:
+    model = tmp_path / "hf"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    vllm = {"model": "./hf", "engine_args": {"enforce_eager": True}, **extra}
+    return ModelSpec.model_validate({"id": "m", "context_length": 64, "vllm": vllm,
+                                     "base_dir": tmp_path})
+
+
+async def started(tmp_path: Path, engine: FakeEngine) -> VllmBackend:
+    seen: list[Mapping[str, Any]] = []
+
+    def loader(args: Mapping[str, Any]) -> FakeEngine:
+        seen.append(args)
+        return engine
+
+    backend = VllmBackend(make_spec(tmp_path), CPU, reason="test", loader=loader)
+    await backend.start()
+    assert seen == [{"enforce_eager": True, "max_model_len": 64,
+                     "model": str((tmp_path / "hf").resolve())}]
+    return backend
+
+
+async def collect(backend: VllmBackend, request: GenerationRequest) -> list[Chunk]:
+    return [chunk async for chunk in backend.generate(request)]
+
+
+def req(prompt: Any = None, **kw: Any) -> GenerationRequest:
+    return GenerationRequest("r1", prompt if prompt is not None else TextPrompt("hi"), **kw)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_stream_maps_deltas_finish_and_engine_counted_usage(tmp_path: Path) -> None:
+    async def go() -> tuple[list[Chunk], FakeEngine]:
+        engine = FakeEngine()
+        backend = await started(tmp_path, engine)
+        chunks = await collect(backend, req(sampling=SamplingParams(max_tokens=10, seed=5,
+                                                                    stop=("###",))))
+        await backend.stop()
+        assert engine.shut
+        return chunks, engine
+
+    chunks, engine = run(go())
+    assert "".join(c.text for c in chunks) == "Hello!"
+    last = chunks[-1]
+    assert last.finish_reason == "stop" and last.text == ""
+    assert last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens,
+            last.usage.cached_tokens) == (3, 3, 7)
+    (call,) = engine.calls
+    assert call.request_id == "r1"
+    assert call.params.stop == ("###",) and call.params.seed == 5
+    assert call.params.max_tokens == 10
+    assert engine.aborted == []
+
+
+def test_chat_renders_template_without_a_second_bos_and_defaults_to_remaining_context(
+        tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def go() -> None:
+        backend = await started(tmp_path, engine)
+        await collect(backend, req(ChatPrompt((ChatMessage("user", "hi"),))))
+
+    run(go())
+    text, add_special = engine.tokenizer.calls[0]
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert add_special is False
+    call = engine.calls[0]
+    assert call.params.max_tokens == 64 - len(call.prompt)
+
+
+def test_context_overflow_is_raised_before_any_engine_work(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def go() -> None:
+        backend = await started(tmp_path, engine)
+        with pytest.raises(ContextLengthExceeded) as info:
+            await collect(backend, req(sampling=SamplingParams(max_tokens=62)))
+        assert info.value.prompt_tokens == 3 and info.value.context_length == 64
+        with pytest.raises(ContextLengthExceeded):
+            await collect(backend, req(TextPrompt("x" * 70)))
+
+    run(go())
+    assert engine.calls == []
+
+
+def test_n_choices_are_separate_requests_seeded_seed_plus_i(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def go() -> list[Chunk]:
+        backend = await started(tmp_path, engine)
+        return await collect(backend, req(n=3, sampling=SamplingParams(max_tokens=5, seed=40)))
+
+    chunks = run(go())
+    assert sorted(c.params.seed or 0 for c in engine.calls) == [40, 41, 42]
+    assert sorted(c.request_id for c in engine.calls) == ["r1-0", "r1-1", "r1-2"]
+    finals = [c for c in chunks if c.finish_reason is not None]
+    assert sorted(c.index for c in finals) == [0, 1, 2]
+    assert all(c.usage is not None and c.usage.completion_tokens == 3 for c in finals)
+    for i in range(3):
+        assert "".join(c.text for c in chunks if c.index == i) == "Hello!"
+
+
+def test_closing_the_stream_aborts_every_engine_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = FakeEngine(endless=True)
+
+    async def go() -> VllmBackend:
+        backend = await started(tmp_path, engine)
+        stream = backend.generate(req(n=2, sampling=SamplingParams(max_tokens=50)))
+        got = [await stream.__anext__() for _ in range(4)]
+        assert all(c.text == "x" for c in got)
+        assert backend.stats().running == 2
+        await stream.aclose()
+        return backend
+
+    with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
+        backend = run(go())
+    assert sorted(engine.aborted) == ["r1-0", "r1-1"]
+    assert backend.stats().running == 0 and backend.stats().cancelled == 1
+    assert "cancelled after" in caplog.text
+
+
+def test_unsupported_requests_are_invalid_parameter_before_the_engine(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    cases: list[tuple[GenerationRequest, str]] = [
+        (req(logprobs=LogprobsRequest(2)), "logprobs"),
+        (req(echo=True), "echo"),
+        (req(suffix="tail"), "suffix"),  # the fake vocabulary has no FIM tokens
+        (req(TokenPrompt((5, 1000))), "prompt"),
+        (req(sampling=SamplingParams(logit_bias={5000: 1.0})), "logit_bias"),
+        (req(constraint=Constraint("tool_calls")), "tools"),
+        (req(constraint=Constraint("grammar")), "response_format"),
+    ]
+
+    async def go() -> None:
+        backend = await started(tmp_path, engine)
+        for request, param in cases:
+            with pytest.raises(InvalidParameter) as info:
+                await collect(backend, request)
+            assert info.value.param == param, request
+
+    run(go())
+    assert engine.calls == []
+
+
+def test_constraints_become_structured_outputs(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+    async def go() -> list[Chunk]:
+        backend = await started(tmp_path, engine)
+        await collect(backend, req(constraint=Constraint("json_schema", schema=schema)))
+        await collect(backend, req(constraint=Constraint("json_object")))
+        await collect(backend, req(constraint=Constraint("grammar", grammar="root ::= \"a\"")))
+        return await collect(backend, req(constraint=Constraint("tool_calls", schema=schema)))
+
+    tool_chunks = run(go())
+    assert [c.params.structured for c in engine.calls] == [
+        Structured("json", schema), Structured("json_object"),
+        Structured("grammar", "root ::= \"a\""), Structured("json", schema)]
+    assert tool_chunks[-1].finish_reason == "tool_calls"
+
+
+def test_fim_prompt_from_the_tokenizers_own_tokens(tmp_path: Path) -> None:
+    engine = FakeEngine(vocab={"<fim_prefix>": 1, "<fim_suffix>": 2, "<fim_middle>": 3})
+
+    async def go() -> VllmBackend:
+        backend = await started(tmp_path, engine)
+        await collect(backend, req(TextPrompt("def f():\n"), suffix="\n    return x\n"))
+        return backend
+
+    backend = run(go())
+    assert engine.tokenizer.calls[0][0] == \
+        "<fim_prefix>def f():\n<fim_suffix>\n    return x\n<fim_middle>"
+    assert backend.info.capabilities.fim
+
+
+def test_engine_rejection_before_output_is_raised_as_is(tmp_path: Path) -> None:
+    engine = FakeEngine(fail_with=InvalidParameter("bad schema", param="response_format"))
+
+    async def go() -> None:
+        backend = await started(tmp_path, engine)
+        with pytest.raises(InvalidParameter, match="bad schema"):
+            await collect(backend, req())
+
+    run(go())
+
+
+def test_unexpected_engine_error_and_abort_finish_are_engine_failures(tmp_path: Path) -> None:
+    async def go() -> None:
+        broken = await started(tmp_path, FakeEngine(fail_with=RuntimeError("boom")))
+        with pytest.raises(EngineFailure):
+            await collect(broken, req())
+        aborted = await started(tmp_path, FakeEngine(finish="abort"))
+        with pytest.raises(EngineFailure, match="abort"):
+            await collect(aborted, req())
+
+    run(go())
+
+
+def test_not_started_is_not_ready(tmp_path: Path) -> None:
+    backend = VllmBackend(make_spec(tmp_path), CPU, reason="test", loader=lambda a: FakeEngine())
+    with pytest.raises(NotReady):
+        run(collect(backend, req()))
+    assert backend.info.backend == "vllm" and backend.info.device == "cpu"
+    assert backend.info.context_length == 64
+
+
+def test_engine_args_pass_through_with_the_promised_context(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, tokenizer="./hf")
+    (tmp_path / "hf" / "tokenizer_config.json").write_text("{}")
+    args = engine_args(spec.model_copy(update={"vllm": spec.vllm.model_copy(update={
+        "engine_args": {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.8}})})
+        if spec.vllm else spec)
+    assert args["tensor_parallel_size"] == 2 and args["gpu_memory_utilization"] == 0.8
+    assert args["max_model_len"] == 64 and args["tokenizer"] == args["model"]
+
+
+@pytest.mark.parametrize(("engine_extra", "match"), [
+    ({"max_model_len": 128}, "differs from context_length"),
+    ({"model": "x"}, "set vllm.model"),
+])
+def test_conflicting_engine_args_are_refused(tmp_path: Path, engine_extra: dict[str, Any],
+                                             match: str) -> None:
+    spec = make_spec(tmp_path, engine_args=engine_extra)
+    with pytest.raises(BackendUnavailable, match=match):
+        engine_args(spec)
+
+
+def test_missing_local_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    spec = ModelSpec.model_validate({"id": "m", "vllm": {"model": "./nowhere"},
+                                     "base_dir": tmp_path})
+    with pytest.raises(BackendUnavailable, match="make vllm-model"):
+        engine_args(spec)
+    hub = ModelSpec.model_validate({"id": "m", "vllm": {"model": "org/name"}})
+    assert engine_args(hub)["model"] == "org/name"
+
+
+def test_registry_creates_the_vllm_adapter_without_importing_vllm(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from backends import registry
+
+    monkeypatch.setattr(registry, "_importable", lambda m: True)
+    backend = create_backend(make_spec(tmp_path), CPU, forced="vllm")
+    assert isinstance(backend, VllmBackend)
+    assert "CPU build" in backend.info.backend_reason
+    assert "vllm" not in sys.modules and "torch" not in sys.modules
