@@ -96,6 +96,8 @@ class Chunk:
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    queue_seconds: float | None = None
+    """Set on a choice's first chunk when the engine queues requests: time spent waiting."""
 
 
 @dataclass(frozen=True, slots=True)

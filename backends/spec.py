@@ -72,8 +72,13 @@ class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_threads: int | None = Field(default=None, ge=1)
-    n_batch: int = Field(default=128, ge=1)
-    parallel: int = Field(default=1, ge=1, description="parallel sequences (slots)")
+    n_batch: int = Field(default=128, ge=1,
+                         description="prompt tokens per step; also the prefix-reuse granularity")
+    parallel: int = Field(default=4, ge=1, le=256,
+                          description="sequences decoded together (slots); each gets the full "
+                          "context_length")
+    max_waiting: int = Field(default=64, ge=0, description="requests queued beyond the slots "
+                             "before 429")
 
 
 class ModelSpec(BaseModel):

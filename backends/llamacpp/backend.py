@@ -1,11 +1,10 @@
-"""LlamaCppBackend: the Backend protocol over lokal's llama.cpp engine thread."""
+"""LlamaCppBackend: the Backend protocol over lokal's continuous-batching llama.cpp scheduler."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import queue
 import random
 import time
 from collections.abc import AsyncGenerator
@@ -23,28 +22,22 @@ from backends.base import (
     Usage,
 )
 from backends.chat_template import ChatTemplate
-from backends.errors import (
-    Busy,
-    ContextLengthExceeded,
-    EngineFailure,
-    InvalidParameter,
-    NotReady,
-)
-from backends.llamacpp.engine import EngineThread, Event, Job
+from backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter, NotReady
+from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-MAX_WAITING = 64
 
 
 class LlamaCppBackend:
     def __init__(self, spec: ModelSpec, *, reason: str) -> None:
         self._spec = spec
-        self._reason = reason
-        self._llama: Any = None
-        self._engine: EngineThread | None = None
+        self._model: Any = None
+        self._ctx: Any = None
+        self._ctx_owner: Any = None
+        self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
+        self._n_vocab = 0
         self._info = ModelInfo(
             id=spec.id,
             context_length=spec.context_length,
@@ -63,81 +56,99 @@ class LlamaCppBackend:
     async def start(self) -> None:
         path = self._spec.gguf_path()
         started = time.perf_counter()
-        self._llama = await asyncio.to_thread(self._load, str(path))
-        logger.info(
-            "model %s loaded from %s in %.2fs", self._spec.id, path, time.perf_counter() - started
-        )
-        metadata: dict[str, str] = self._llama.metadata
+        await asyncio.to_thread(self._load, str(path))
+        opts = self._spec.llamacpp
+        logger.info("model %s loaded from %s in %.2fs (%d slots x %d tokens)", self._spec.id,
+                    path, time.perf_counter() - started, opts.parallel,
+                    self._spec.context_length)
+        metadata: dict[str, str] = self._model.metadata()
         template = self._spec.chat_template or metadata.get("tokenizer.chat_template")
         if template is None:
             logger.warning("model %s has no chat template; using lokal's ChatML fallback",
                            self._spec.id)
         self._template = ChatTemplate(
             template,
-            bos_token=self._token_text(self._llama.token_bos()),
-            eos_token=self._token_text(self._llama.token_eos()),
+            bos_token=self._token_text(self._model.token_bos()),
+            eos_token=self._token_text(self._model.token_eos()),
         )
-        self._engine = EngineThread(self._llama, max_waiting=MAX_WAITING)
-        self._engine.start()
+        self._scheduler = Scheduler(self._model, self._ctx, n_slots=opts.parallel,
+                                    prompt_budget=opts.n_batch, max_waiting=opts.max_waiting)
+        self._scheduler.start()
 
-    def _load(self, path: str) -> Any:
+    def _load(self, path: str) -> None:
         import llama_cpp
+        from llama_cpp._internals import LlamaContext, LlamaModel
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)  # llama.cpp's load and graph chatter; errors still come through
 
         opts = self._spec.llamacpp
-        return llama_cpp.Llama(
-            model_path=path,
-            n_ctx=self._spec.context_length,
-            n_batch=opts.n_batch,
-            n_threads=opts.n_threads or os.cpu_count() or 1,
-            verbose=False,
-        )
+        threads = opts.n_threads or os.cpu_count() or 1
+        self._model = LlamaModel(path_model=path, params=llama_cpp.llama_model_default_params(),
+                                 verbose=False)
+        params = llama_cpp.llama_context_default_params()
+        # One KV stream per slot, each holding a full context: no request ever gets a silently
+        # smaller window because others are running. Separate streams (not one unified cache)
+        # also give every sequence the same cell layout whatever ran before, so a repeated
+        # request gets bit-identical logits, and attention only scans the sequence's own cells.
+        params.n_ctx = opts.parallel * self._spec.context_length
+        params.n_batch = params.n_ubatch = opts.n_batch + opts.parallel
+        params.n_seq_max = opts.parallel
+        params.kv_unified = False
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        # The wrapper frees the native context when collected: keep it alive with the model.
+        self._ctx_owner = LlamaContext(model=self._model, params=params, verbose=False)
+        self._ctx = self._ctx_owner.ctx
+        self._n_vocab = self._model.n_vocab()
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return bytes(self._llama._model.detokenize([token], special=True)).decode(
-            "utf-8", errors="replace"
-        )
+        return bytes(self._model.detokenize([token], special=True)).decode("utf-8", "replace")
 
     def stats(self) -> BackendStats:
-        engine = self._engine
-        if engine is None:
+        scheduler = self._scheduler
+        if scheduler is None:
             return BackendStats()
-        return BackendStats(running=engine.running, waiting=engine.waiting,
-                            prefix_cache_hit_tokens=engine.cached_tokens_total,
-                            cancelled=engine.cancelled_total)
+        return BackendStats(
+            running=scheduler.running, waiting=scheduler.waiting,
+            slots_total=scheduler.n_slots, kv_cells_used=scheduler.kv_tokens(),
+            kv_cells_total=scheduler.n_slots * self._spec.context_length,
+            prefix_cache_hit_tokens=scheduler.cached_tokens_total,
+            cancelled=scheduler.cancelled_total,
+        )
 
     async def stop(self) -> None:
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.stop)
-            self._engine = None
-        if self._llama is not None:
-            self._llama.close()
-            self._llama = None
+        if self._scheduler is not None:
+            await asyncio.to_thread(self._scheduler.stop)
+            self._scheduler = None
+        self._ctx = None
+        if self._ctx_owner is not None:
+            self._ctx_owner.close()
+            self._ctx_owner = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
         prompt = request.prompt
         if isinstance(prompt, TokenPrompt):
-            vocab = self._llama.n_vocab()
-            bad = [t for t in prompt.token_ids if not 0 <= t < vocab]
+            bad = [t for t in prompt.token_ids if not 0 <= t < self._n_vocab]
             if bad:
                 raise InvalidParameter(
-                    f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param="prompt"
-                )
+                    f"token id {bad[0]} is outside the vocabulary (0..{self._n_vocab - 1})",
+                    param="prompt")
             return list(prompt.token_ids)
         if isinstance(prompt, ChatPrompt):
             assert self._template is not None
-            text = self._template.render(
-                prompt.messages,
-                tools=prompt.tools,
-                add_generation_prompt=prompt.add_generation_prompt,
-            )
+            text = self._template.render(prompt.messages, tools=prompt.tools,
+                                         add_generation_prompt=prompt.add_generation_prompt)
             add_bos = not (self._template.bos_token and text.startswith(self._template.bos_token))
         else:
             assert isinstance(prompt, TextPrompt)
             text, add_bos = prompt.text, True
-        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos,
-                                                 special=True)
+        tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_bos, True)
         return tokens
 
     def _check_supported(self, request: GenerationRequest) -> None:
@@ -151,14 +162,20 @@ class LlamaCppBackend:
         if request.suffix is not None:
             raise InvalidParameter("suffix (fill-in-the-middle) is not supported yet",
                                    param="suffix")
-        if request.sampling.logit_bias:
-            raise InvalidParameter("logit_bias is not supported yet", param="logit_bias")
         if request.echo:
             raise InvalidParameter("echo is not supported yet", param="echo")
+        slots = self._spec.llamacpp.parallel
+        if request.n > slots:
+            raise InvalidParameter(
+                f"n={request.n} is more than this model's {slots} parallel slots", param="n")
+        bad = [t for t in request.sampling.logit_bias if not 0 <= t < self._n_vocab]
+        if bad:
+            raise InvalidParameter(f"logit_bias token {bad[0]} is outside the vocabulary",
+                                   param="logit_bias")
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        engine = self._engine
-        if engine is None:
+        scheduler = self._scheduler
+        if scheduler is None:
             raise NotReady("the model is not loaded yet")
         self._check_supported(request)
         prompt = await asyncio.to_thread(self._tokenize, request)
@@ -179,21 +196,12 @@ class LlamaCppBackend:
         def emit(event: Event) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        base_seed = request.sampling.seed
-        if base_seed is None:
-            base_seed = random.SystemRandom().randrange(2**31)
-        jobs = [
-            Job(request.request_id, i, prompt, request.sampling, max_tokens,
-                (base_seed + i) % 2**32, emit)
-            for i in range(request.n)
-        ]
-        try:
-            for job in jobs:
-                engine.submit(job)
-        except queue.Full:
-            for job in jobs:
-                job.cancelled.set()
-            raise Busy(f"{MAX_WAITING} requests are already waiting for this model", 1) from None
+        seed = request.sampling.seed
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+        job = Job(request.request_id, prompt, request.sampling, max_tokens, seed, request.n,
+                  emit)
+        scheduler.submit(job)
         try:
             remaining = request.n
             while remaining:
@@ -201,15 +209,12 @@ class LlamaCppBackend:
                 if event.error is not None:
                     raise EngineFailure(event.error)
                 if event.finish_reason is None:
-                    yield Chunk(event.index, event.text, event.token_ids)
+                    yield Chunk(event.index, event.text, event.token_ids,
+                                queue_seconds=event.queue_seconds)
                     continue
                 remaining -= 1
-                yield Chunk(
-                    event.index,
-                    finish_reason=event.finish_reason,
-                    usage=Usage(event.prompt_tokens, event.completion_tokens,
-                                event.cached_tokens),
-                )
+                yield Chunk(event.index, finish_reason=event.finish_reason,
+                            usage=Usage(event.prompt_tokens, event.completion_tokens,
+                                        event.cached_tokens))
         finally:
-            for job in jobs:
-                job.cancelled.set()
+            job.cancelled.set()

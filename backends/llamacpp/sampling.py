@@ -1,0 +1,63 @@
+"""Per-sequence llama.cpp sampler chains built from engine-neutral SamplingParams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llama_cpp
+
+from backends.base import SamplingParams
+from backends.errors import InvalidParameter
+
+# OpenAI's penalties count every generated token; llama.cpp's penalty sampler looks back a
+# fixed window. This window covers any completion a small CPU model produces in practice.
+PENALTY_WINDOW = 4096
+
+
+class SamplerChain:
+    """Owns one `llama_sampler` chain. `sample` applies it and accepts the chosen token."""
+
+    def __init__(self, vocab: Any, n_vocab: int, params: SamplingParams, seed: int,
+                 grammar: str | None = None) -> None:
+        chain = llama_cpp.llama_sampler_chain_init(
+            llama_cpp.llama_sampler_chain_default_params()
+        )
+        self._chain = chain
+
+        def add(sampler: Any) -> None:
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+        if params.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
+            for i, (token, bias) in enumerate(params.logit_bias.items()):
+                biases[i].token = token  # type: ignore[assignment]
+                biases[i].bias = bias
+            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
+        if params.frequency_penalty or params.presence_penalty:
+            add(llama_cpp.llama_sampler_init_penalties(
+                n_vocab, PENALTY_WINDOW, 1.0, params.frequency_penalty, params.presence_penalty))
+        if grammar is not None:
+            sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not sampler:
+                self.close()
+                raise InvalidParameter("the grammar could not be compiled", param="grammar")
+            add(sampler)
+        if params.temperature == 0.0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        else:
+            # Temperature first, then nucleus, as vLLM does: one contract on both engines.
+            add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            if params.top_p < 1.0:
+                add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(llama_cpp.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx: Any, batch_index: int) -> int:
+        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
+
+    def close(self) -> None:
+        if self._chain is not None:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:
+        self.close()

@@ -1,0 +1,316 @@
+"""Continuous batching over llama.cpp: one thread owns the context and, each step, decodes one
+batch holding every active sequence (newcomers' prompt chunks, one token per decoding one)."""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from backends.base import FinishReason, SamplingParams
+from backends.errors import Busy
+from backends.llamacpp.cache import Placement, Slot, SlotTable
+from backends.llamacpp.sampling import SamplerChain
+from backends.stops import StopMatcher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What the engine thread hands to a request's stream (through `Job.emit`)."""
+
+    index: int
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    queue_seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """One request: n choices over one prompt. `emit` must be thread-safe."""
+
+    request_id: str
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    seed: int
+    n: int
+    emit: Callable[[Event], None]
+    grammar: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Seq:
+    job: Job
+    index: int
+    slot: Slot
+    sampler: SamplerChain
+    reuse: int
+    n_past: int
+    prefilling: bool
+    leader: bool
+    next_token: int = -1
+    generated: int = 0
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+
+
+class Scheduler:
+    """Owns a llama.cpp context with `n_slots` sequences in one unified KV cache."""
+
+    def __init__(self, model: Any, ctx: Any, *, n_slots: int, prompt_budget: int,
+                 max_waiting: int) -> None:
+        self._model = model
+        self._ctx = ctx
+        self._vocab = model.vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._budget = prompt_budget
+        self._slots = SlotTable(n_slots, prompt_budget)
+        self._batch = llama_cpp.llama_batch_init(prompt_budget + n_slots, 0, 1)
+        self._max_waiting = max_waiting
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._active: list[_Seq] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lokal-llamacpp", daemon=True)
+        self.cached_tokens_total = 0
+        self.cancelled_total = 0
+
+    # -- called from the event loop -------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            llama_cpp.llama_batch_free(self._batch)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            live = sum(1 for j in self._waiting if not j.cancelled.is_set())
+            if live >= self._max_waiting:
+                raise Busy(f"{live} requests are already waiting for this model", retry_after=1)
+            self._waiting.append(job)
+            self._cond.notify()
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots.slots)
+
+    def kv_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self._slots.slots)
+
+    # -- the engine thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._active and not self._waiting:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            if not self._active:
+                continue
+            try:
+                self._step()
+            except Exception:
+                logger.exception("llama.cpp engine fault; failing the running requests")
+                self._fail_all("llama.cpp engine fault")
+        for seq in self._active:
+            seq.sampler.close()
+
+    def _admit(self) -> None:
+        """Move waiting jobs into free slots, in arrival order (called with the lock held)."""
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled.is_set():
+                self._waiting.popleft()
+                continue
+            free = len(self._slots.free())
+            if free < job.n:
+                return
+            self._waiting.popleft()
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        placement = self._slots.place(job.prompt)
+        leader_slot = placement.slot
+        self._slots.claim(leader_slot)
+        self._prepare_slot(placement)
+        self.cached_tokens_total += placement.reuse
+        waited = time.monotonic() - job.enqueued_at
+        for index in range(job.n):
+            if index == 0:
+                slot = leader_slot
+            else:
+                slot = min(self._slots.free(), key=lambda s: s.last_used)
+                self._slots.claim(slot)
+            seq = _Seq(
+                job=job, index=index, slot=slot,
+                sampler=SamplerChain(self._vocab, self._n_vocab, job.sampling,
+                                     (job.seed + index) % 2**32, job.grammar),
+                reuse=placement.reuse, n_past=placement.reuse, prefilling=True,
+                leader=index == 0,
+            )
+            seq.stops = StopMatcher(job.sampling.stop)
+            self._active.append(seq)
+            # An empty first event: the request left the queue (its wait is measured).
+            job.emit(Event(index, queue_seconds=waited))
+
+    def _prepare_slot(self, placement: Placement) -> None:
+        slot, reuse = placement.slot, placement.reuse
+        if placement.copy_from is not None:
+            # Streams copy whole (llama.cpp copies the buffer at the next decode); then trim.
+            llama_cpp.llama_memory_seq_cp(self._mem, placement.copy_from.seq_id, slot.seq_id,
+                                          -1, -1)
+            slot.tokens = list(placement.copy_from.tokens)
+        llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, reuse, -1)
+        del slot.tokens[reuse:]
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._active if s.job.cancelled.is_set()]:
+            self.cancelled_total += 1
+            logger.info("request %s choice %d: cancelled after %d tokens",
+                        seq.job.request_id, seq.index, seq.generated)
+            self._release(seq)
+
+    def _step(self) -> None:
+        batch = self._batch
+        n = 0
+        samples: list[tuple[_Seq, int]] = []
+        fed: list[tuple[_Seq, list[int]]] = []
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        for seq in self._active:
+            if not seq.prefilling:
+                add(seq.next_token, seq.n_past, seq.slot.seq_id, True)
+                samples.append((seq, n - 1))
+                fed.append((seq, [seq.next_token]))
+        budget = self._budget
+        for seq in self._active:
+            if budget <= 0:
+                break
+            if not (seq.prefilling and seq.leader):
+                continue
+            prompt = seq.job.prompt
+            start = seq.n_past
+            # Chunks end on multiples of the budget: the same chunks as a fresh evaluation.
+            end = min(len(prompt), (start // self._budget + 1) * self._budget, start + budget)
+            for pos in range(start, end):
+                add(prompt[pos], pos, seq.slot.seq_id, pos == len(prompt) - 1)
+            budget -= end - start
+            fed.append((seq, prompt[start:end]))
+            if end == len(prompt):
+                samples.append((seq, n - 1))
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for seq, tokens in fed:
+            seq.slot.tokens.extend(tokens)
+            seq.n_past += len(tokens)
+        for seq, index in samples:
+            if seq.prefilling:
+                self._fork(seq)
+                for member in self._group(seq):
+                    member.prefilling = False
+                    self._accept(member, member.sampler.sample(self._ctx, index))
+            else:
+                self._accept(seq, seq.sampler.sample(self._ctx, index))
+
+    def _group(self, leader: _Seq) -> list[_Seq]:
+        return [s for s in self._active if s.job is leader.job]
+
+    def _fork(self, leader: _Seq) -> None:
+        """n > 1: the other choices share the prompt's KV cells instead of recomputing them."""
+        for seq in self._group(leader):
+            if seq is leader:
+                continue
+            llama_cpp.llama_memory_seq_cp(self._mem, leader.slot.seq_id, seq.slot.seq_id,
+                                          -1, -1)
+            seq.slot.tokens = list(leader.slot.tokens)
+            seq.n_past = leader.n_past
+
+    def _accept(self, seq: _Seq, token: int) -> None:
+        job = seq.job
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, "stop")
+            return
+        seq.generated += 1
+        piece = bytes(self._model.detokenize([token]))
+        text = seq.stops.feed(seq.decoder.decode(piece))
+        if text:
+            job.emit(Event(seq.index, text, (token,)))
+        if seq.stops.stopped:
+            self._finish(seq, "stop")
+        elif seq.generated >= job.max_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    def _finish(self, seq: _Seq, reason: FinishReason) -> None:
+        if not seq.stops.stopped:
+            tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
+            if tail:
+                seq.job.emit(Event(seq.index, tail))
+        seq.job.emit(Event(seq.index, finish_reason=reason, prompt_tokens=len(seq.job.prompt),
+                           completion_tokens=seq.generated, cached_tokens=seq.reuse))
+        self._release(seq)
+
+    def _release(self, seq: _Seq) -> None:
+        seq.sampler.close()
+        self._active.remove(seq)
+        self._slots.release(seq.slot)
+        if seq.prefilling and not seq.leader:
+            # A sibling that never got the prompt's cells holds nothing reusable.
+            seq.slot.tokens.clear()
+            llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, 0, -1)
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self._active):
+            seq.job.emit(Event(seq.index, error=message))
+            seq.sampler.close()
+            self._slots.release(seq.slot)
+        self._active.clear()
+        llama_cpp.llama_memory_clear(self._mem, True)
+        for slot in self._slots.slots:
+            slot.tokens.clear()
