@@ -164,21 +164,30 @@ class RequestMetricsMiddleware:
         state = scope.setdefault("state", {})
         state["started"] = started = time.perf_counter()
         status = 500
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                endpoint = self.endpoint(scope)
+                model = str(state.get("model", ""))
+                metrics.requests.labels(model, endpoint, str(status)).inc()
+                metrics.request_duration.labels(model, endpoint).observe(
+                    time.perf_counter() - started)
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                record()  # before the last byte leaves, so a client's next scrape sees it
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = self.endpoint(scope)
-            model = str(state.get("model", ""))
-            metrics.requests.labels(model, endpoint, str(status)).inc()
-            metrics.request_duration.labels(model, endpoint).observe(
-                time.perf_counter() - started)
+            record()
 
     def endpoint(self, scope: Scope) -> str:
         """The route that served the request; for one refused before routing (401, 413),

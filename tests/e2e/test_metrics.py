@@ -1,0 +1,171 @@
+"""/metrics through real HTTP: the lokal_* series move after real requests on the real model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import MODEL
+from tests.e2e.sse import read_events
+
+COUNTING = ", ".join(str(i) for i in range(1, 21)) + ","
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(http: httpx.Client) -> Samples:
+    r = http.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain")
+    out: Samples = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def poll(http: httpx.Client, condition: Callable[[Samples], bool],
+         seconds: float = 60) -> Samples | None:
+    """Scrapes until `condition` holds (the engine updates its gauges a step later)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples = scrape(http)
+        if condition(samples):
+            return samples
+        time.sleep(0.1)
+    return None
+
+
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+def test_every_series_is_named_lokal_and_labelled_by_model(http: httpx.Client) -> None:
+    samples = scrape(http)
+    ours = {n for n in names(samples) if not n.startswith(("process_", "python_"))}
+    assert ours and all(n.startswith("lokal_") for n in ours), ours
+    for family in ("lokal_requests_running", "lokal_requests_waiting", "lokal_slots",
+                   "lokal_prefix_cache_hit_tokens_total", "lokal_requests_cancelled_total",
+                   "lokal_model_load_seconds"):
+        assert (family, frozenset({("model", MODEL)})) in samples, family
+    assert value(samples, "lokal_model_load_seconds", model=MODEL) > 0
+    assert value(samples, "lokal_ready") == 1
+
+
+def test_info_metric_names_engine_device_and_version(http: httpx.Client) -> None:
+    version = http.get("/version").json()["version"]
+    served = http.get("/v1/models").json()["data"][0]  # the same test runs on every engine
+    samples = scrape(http)
+    info = [dict(labels) for name, labels in samples if name == "lokal_info"]
+    assert info == [{"model": MODEL, "engine": served["backend"], "device": served["device"],
+                     "version": version}]
+    assert served["backend"] in ("llamacpp", "vllm") and version != "0+unknown"
+
+
+def test_streamed_chat_moves_counters_tokens_and_latencies(http: httpx.Client) -> None:
+    before = scrape(http)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Count to five."}],
+            "max_tokens": 12, "stream": True, "stream_options": {"include_usage": True}}
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events, _ = read_events(r)
+    usage = events[-1]["usage"]
+    after = scrape(http)
+
+    ok = {"model": MODEL, "endpoint": "/v1/chat/completions", "status": "200"}
+    assert value(after, "lokal_requests_total", **ok) == value(before, "lokal_requests_total",
+                                                               **ok) + 1
+    for name, expected in (("lokal_prompt_tokens_total", usage["prompt_tokens"]),
+                           ("lokal_generation_tokens_total", usage["completion_tokens"])):
+        moved = value(after, name, model=MODEL) - value(before, name, model=MODEL)
+        assert moved == expected, name
+    ttft = "lokal_time_to_first_token_seconds_count"
+    assert value(after, ttft, model=MODEL) == value(before, ttft, model=MODEL) + 1
+    itl = "lokal_inter_token_latency_seconds_count"
+    assert value(after, itl, model=MODEL) - value(before, itl, model=MODEL) >= (
+        usage["completion_tokens"] - 1)
+    duration = "lokal_request_duration_seconds_count"
+    labels = {"model": MODEL, "endpoint": "/v1/chat/completions"}
+    assert value(after, duration, **labels) == value(before, duration, **labels) + 1
+    assert value(after, "lokal_request_duration_seconds_sum", **labels) > value(
+        before, "lokal_request_duration_seconds_sum", **labels)
+
+
+def test_plain_completion_counts_tokens_from_usage(http: httpx.Client,
+                                                   client: openai.OpenAI) -> None:
+    before = scrape(http)
+    reply = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=6)
+    after = scrape(http)
+    assert reply.usage is not None
+    moved = value(after, "lokal_generation_tokens_total", model=MODEL) - value(
+        before, "lokal_generation_tokens_total", model=MODEL)
+    assert moved == reply.usage.completion_tokens
+    ok = {"model": MODEL, "endpoint": "/v1/completions", "status": "200"}
+    assert value(after, "lokal_requests_total", **ok) == value(before, "lokal_requests_total",
+                                                               **ok) + 1
+
+
+def test_errors_are_counted_by_status_and_route_template(http: httpx.Client) -> None:
+    before = scrape(http)
+    assert http.post("/v1/chat/completions", json={"model": MODEL}).status_code == 400
+    assert http.get("/v1/models/no-such-model").status_code == 404
+    after = scrape(http)
+    bad = {"model": "", "endpoint": "/v1/chat/completions", "status": "400"}
+    assert value(after, "lokal_requests_total", **bad) == value(before, "lokal_requests_total",
+                                                                **bad) + 1
+    # The raw path holds caller text; the label is the route's template.
+    missing = {"model": "", "endpoint": "/v1/models/{model}", "status": "404"}
+    assert value(after, "lokal_requests_total", **missing) == value(
+        before, "lokal_requests_total", **missing) + 1
+
+
+def test_no_request_text_or_ids_in_labels(http: httpx.Client) -> None:
+    secret = "zebra-marmalade-7731"
+    r = http.post("/v1/chat/completions", headers={"X-Request-ID": f"rid-{secret}"},
+                  json={"model": MODEL, "messages": [{"role": "user", "content": secret}],
+                        "max_tokens": 2})
+    assert r.status_code == 200
+    http.get(f"/v1/models/{secret}")
+    text = http.get("/metrics").text
+    assert secret not in text
+
+
+def test_running_and_waiting_return_to_zero_after_a_cancelled_stream(
+        http: httpx.Client) -> None:
+    before = scrape(http)
+    # Counting goes on until max_tokens, so the stream is surely still running when left.
+    body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 1000, "temperature": 0,
+            "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # got a token; leave mid-stream
+        seen_running = poll(http, lambda s: value(s, "lokal_requests_running", model=MODEL) >= 1)
+    assert seen_running, "the running gauge never showed the open stream"
+    idle = poll(http, lambda s: value(s, "lokal_requests_running", model=MODEL) == 0
+                and value(s, "lokal_requests_waiting", model=MODEL) == 0)
+    assert idle, "running/waiting gauges did not return to zero"
+    after = idle
+    cancelled = "lokal_requests_cancelled_total"
+    assert value(after, cancelled, model=MODEL) > value(before, cancelled, model=MODEL)
+
+
+def test_histogram_buckets_fit_llm_latencies(http: httpx.Client) -> None:
+    samples = scrape(http)
+
+    def bounds(name: str) -> set[float]:
+        return {float(dict(labels)["le"]) for n, labels in samples
+                if n == f"{name}_bucket" and dict(labels).get("model") == MODEL}
+
+    assert {0.01, 0.1, 1.0, 10.0, 80.0} <= bounds("lokal_time_to_first_token_seconds")
+    assert {0.005, 0.05, 0.5} <= bounds("lokal_inter_token_latency_seconds")
+    assert {1.0, 60.0, 600.0} <= bounds("lokal_request_duration_seconds")
