@@ -79,11 +79,8 @@ class Metrics:
         try:
             async for chunk in chunks:
                 now = time.perf_counter()
-                # Engines that queue report the wait on a choice's first chunk; read with
-                # getattr so that engines (and base.py versions) without the field still work.
-                queued: float | None = getattr(chunk, "queue_seconds", None)
-                if queued is not None:
-                    self.queue_time.labels(model).observe(queued)
+                if chunk.queue_seconds is not None:  # engines that queue report the wait
+                    self.queue_time.labels(model).observe(chunk.queue_seconds)
                 tokens = len(chunk.token_ids) or (1 if chunk.text else 0)
                 if tokens:
                     if not first_token_seen:

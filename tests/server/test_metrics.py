@@ -62,15 +62,13 @@ def test_queue_time_is_observed_when_the_engine_reports_it() -> None:
     metrics = _metrics()
 
     async def queued() -> AsyncGenerator[Chunk, None]:
-        first = Chunk(0, "a", (1,))
-        if "queue_seconds" in Chunk.__dataclass_fields__:
-            first = Chunk(0, "a", (1,), queue_seconds=0.3)  # type: ignore[call-arg,unused-ignore]
-        yield first
-        yield Chunk(0, finish_reason="stop", usage=Usage(1, 1))
+        yield Chunk(0, "a", (1,), queue_seconds=0.3)
+        yield Chunk(0, "b", (2,))
+        yield Chunk(0, finish_reason="stop", usage=Usage(1, 2))
 
     asyncio.run(_drain(metrics.observe(queued(), "m", time.perf_counter())))
-    expected = 1 if "queue_seconds" in Chunk.__dataclass_fields__ else 0
-    assert _value(metrics, "lokal_queue_time_seconds_count", model="m") == expected
+    assert _value(metrics, "lokal_queue_time_seconds_count", model="m") == 1
+    assert _value(metrics, "lokal_queue_time_seconds_sum", model="m") == 0.3
 
 
 def test_closing_the_observed_stream_closes_the_engine_stream() -> None:
