@@ -137,7 +137,7 @@ def test_json_logs_carry_the_request_id_and_no_prompt_text(limited: Server) -> N
 @pytest.fixture(scope="module")
 def hurried(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(tmp_path_factory.mktemp("timeout"), "--context-length", "2048",
-                       "--request-timeout", "2")
+                       "--request-timeout", "2", "--log-prompts")
     yield srv
     stop_server(srv)
 
@@ -187,3 +187,11 @@ def test_a_stream_over_the_timeout_ends_with_an_error_event_then_done(hurried: S
     assert all("error" not in e for e in events[:-1])
     assert f'lokal_requests_running{{model="{MODEL}"}} 0.0' in _wait_idle(hurried)
 
+
+
+def test_prompts_are_logged_only_when_asked_for(hurried: Server) -> None:
+    secret = "teal-otter-prompt-8812"
+    r = httpx.post(hurried.v1 + "/completions", timeout=120, json={
+        "model": MODEL, "prompt": secret, "max_tokens": 1})
+    assert r.status_code in (200, 504), r.text  # either way the prompt reached the engine
+    assert secret in hurried.log_text()  # the limits server (no --log-prompts) never logs it
