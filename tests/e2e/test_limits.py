@@ -71,15 +71,24 @@ def test_body_under_the_limit_is_served(limited: Server) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_request_id_is_echoed_or_made(limited: Server, http: httpx.Client) -> None:
+def test_request_id_is_echoed_even_on_refusals(limited: Server) -> None:
     mine = {"X-Request-ID": "my-trace-42"}
     assert httpx.get(limited.base_url + "/health/live", headers=mine).headers[
         "x-request-id"] == "my-trace-42"
+    refused = httpx.get(limited.v1 + "/models", headers=mine)
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "my-trace-42"
+    too_big = httpx.post(limited.v1 + "/completions", headers={**AUTH, **mine},
+                         content=b"x" * (LIMIT + 1))
+    assert too_big.status_code == 413 and too_big.headers["x-request-id"] == "my-trace-42"
+
+
+def test_request_id_is_made_when_not_sent(http: httpx.Client) -> None:
+    seen = set()
     for r in (http.get("/health/live"), http.get("/v1/models"),
               http.post("/v1/chat/completions", json={})):
         assert r.headers["x-request-id"].startswith("req_"), r.headers
-    refused = httpx.get(limited.v1 + "/models", headers=mine)
-    assert refused.status_code == 401 and refused.headers["x-request-id"] == "my-trace-42"
+        seen.add(r.headers["x-request-id"])
+    assert len(seen) == 3
 
 
 def test_metrics_can_be_configured_open(limited: Server) -> None:
