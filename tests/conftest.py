@@ -19,6 +19,73 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 
+# The engines the shared end-to-end tests run against (`--backend`, or LOKAL_TEST_BACKENDS).
+# The main venv runs llamacpp; `make test-vllm` runs vllm in .venv-vllm, where llama.cpp is absent.
+BACKENDS = ("llamacpp", "vllm")
+VLLM_CONFIG = REPO / "configs" / "smollm2-135m-instruct-vllm-cpu.yaml"
+SERVE_ARGS: dict[str, tuple[str, ...]] = {
+    "llamacpp": (),
+    "vllm": ("--backend", "vllm", "--config", str(VLLM_CONFIG)),
+}
+VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--backend", default=os.environ.get("LOKAL_TEST_BACKENDS", "llamacpp"),
+                     help="comma-separated engines for the e2e tests: llamacpp, vllm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): only these engines can pass this test")
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    names = [n.strip() for n in str(config.getoption("--backend")).split(",") if n.strip()]
+    unknown = set(names) - set(BACKENDS)
+    if unknown or not names:
+        raise pytest.UsageError(f"--backend takes {', '.join(BACKENDS)}; got {names}")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", selected_backends(metafunc.config), indirect=True,
+                             scope="session")
+
+
+def _own_fixtures(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture of its own module (such as a server of its own, started
+    with llama.cpp's defaults) rather than only this file's shared ones."""
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        module = getattr(defs[-1].func, "__module__", "")
+        if module.startswith("tests.") and module != __name__:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each test only where it belongs: a test that runs against the shared server runs once
+    per selected engine; one that needs no server, or brings its own (llama.cpp) server, runs in
+    the main venv only (llamacpp selected). `@pytest.mark.backends(...)` narrows a test further."""
+    wanted = selected_backends(config)
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("backend_name") if callspec is not None else None
+        marker = item.get_closest_marker("backends")
+        allowed = set(marker.args) if marker is not None else set(BACKENDS)
+        if engine is None or _own_fixtures(item):
+            ok = "llamacpp" in wanted and "llamacpp" in allowed and engine in (None, "llamacpp")
+        else:
+            ok = engine in allowed
+        (keep if ok else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -74,8 +141,17 @@ def stop_server(server: Server) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("server"))
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The engine behind the shared `server` (parametrised by pytest_generate_tests)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, backend_name: str) -> Iterator[Server]:
+    env = {k: os.environ.get(k, v) for k, v in VLLM_ENV.items()} if backend_name == "vllm" \
+        else None
+    srv = start_server(tmp_path_factory.mktemp(f"server-{backend_name}"),
+                       *SERVE_ARGS[backend_name], env=env, ready_timeout=600.0)
     yield srv
     stop_server(srv)
 
@@ -91,12 +167,31 @@ def http(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture(scope="session")
-def vocab() -> Any:
-    """The default model's tokenizer alone (vocab_only), to build token-id prompts honestly."""
-    import llama_cpp
+class HfVocab:
+    """The HF tokenizer vLLM uses, with llama_cpp.Llama's `tokenize` signature."""
 
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
+        ids: list[int] = self._tokenizer.encode(text.decode("utf-8"), add_special_tokens=add_bos)
+        return ids
+
+
+@pytest.fixture(scope="session")
+def vocab(backend_name: str) -> Any:
+    """The served model's tokenizer alone, to build token-id prompts honestly."""
     from backends.spec import DEFAULT_CONFIG, ModelSpec
+
+    if backend_name == "vllm":
+        from backends.vllm.engine import resolve_model
+
+        spec = ModelSpec.from_yaml(VLLM_CONFIG)
+        assert spec.vllm is not None
+        return HfVocab(Path(resolve_model(spec.vllm.model, spec.base_dir)))
+    import llama_cpp
 
     path = ModelSpec.from_yaml(DEFAULT_CONFIG).gguf_path()
     return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)

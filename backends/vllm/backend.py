@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
@@ -16,6 +15,8 @@ from backends.base import (
     ChatPrompt,
     Chunk,
     Constraint,
+    EmbeddingRequest,
+    EmbeddingResult,
     FinishReason,
     GenerationRequest,
     ModelInfo,
@@ -98,6 +99,7 @@ class VllmBackend:
         self._running = 0
         self._cancelled = 0
         self._cached_tokens = 0
+        self._aborting: set[asyncio.Task[None]] = set()
         self._info = ModelInfo(
             id=spec.id, context_length=spec.context_length, backend="vllm",
             backend_reason=reason, device=hardware.device, owned_by=spec.owned_by,
@@ -126,12 +128,15 @@ class VllmBackend:
                     self._args["model"], time.perf_counter() - started)
 
     async def stop(self) -> None:
+        await asyncio.gather(*self._aborting, return_exceptions=True)
         engine, self._engine = self._engine, None
         if engine is not None:
             await asyncio.to_thread(engine.shutdown)
 
     def stats(self) -> BackendStats:
-        return BackendStats(running=self._running, prefix_cache_hit_tokens=self._cached_tokens,
+        slots = self._engine.max_num_seqs if self._engine is not None else 1
+        return BackendStats(running=self._running, slots_total=slots,
+                            prefix_cache_hit_tokens=self._cached_tokens,
                             cancelled=self._cancelled)
 
     def _tokenize(self, engine: Engine, request: GenerationRequest) -> list[int]:
@@ -184,6 +189,11 @@ class VllmBackend:
             frequency_penalty=sampling.frequency_penalty, logit_bias=dict(sampling.logit_bias),
             structured=_structured(request.constraint))
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        raise InvalidParameter(f"model {self._spec.id!r} does not serve embeddings on the vLLM "
+                               "backend (lokal's vLLM adapter has no embedding support yet)",
+                               param="model")
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         engine = self._engine
         if engine is None:
@@ -194,17 +204,17 @@ class VllmBackend:
         if not prompt:
             raise InvalidParameter("the prompt is empty", param="prompt")
         params = self._params(engine, request, len(prompt))
-        base_seed = request.sampling.seed
-        if base_seed is None:
-            base_seed = random.SystemRandom().randrange(2**31)
-        # One engine request per choice, seeded seed+i, exactly as the llama.cpp backend does,
-        # so choice i of n equals the single request with seed+i.
+        seed = request.sampling.seed
+        # One engine request per choice, seeded seed+i as in the llama.cpp backend, so choice i
+        # of n equals the single request with seed+i. Unseeded requests stay unseeded: vLLM then
+        # samples from its own generator, with no per-request one to keep.
         ids = [request.request_id if request.n == 1 else f"{request.request_id}-{i}"
                for i in range(request.n)]
         events: asyncio.Queue[tuple[int, EngineDelta | BaseException]] = asyncio.Queue()
 
         async def pump(index: int) -> None:
-            choice = dataclasses.replace(params, seed=(base_seed + index) % 2**63)
+            choice = params if seed is None else dataclasses.replace(
+                params, seed=(seed + index) % 2**63)
             try:
                 async for delta in engine.generate(prompt, choice, ids[index]):
                     events.put_nowait((index, delta))
@@ -236,7 +246,7 @@ class VllmBackend:
         finally:
             self._running -= request.n
             if remaining:
-                await self._cancel(engine, ids, tasks, generated)
+                self._cancel(engine, ids, tasks, generated)
 
     def _finish(self, reason: str, request: GenerationRequest) -> FinishReason:
         finish = _FINISH.get(reason)
@@ -247,15 +257,23 @@ class VllmBackend:
             return "tool_calls"
         return finish
 
-    async def _cancel(self, engine: Engine, ids: list[str], tasks: list[asyncio.Task[None]],
-                      generated: list[int]) -> None:
-        """The consumer left early (client gone, error): free the engine's work and KV now."""
+    def _cancel(self, engine: Engine, ids: list[str], tasks: list[asyncio.Task[None]],
+                generated: list[int]) -> None:
+        """The consumer left early (client gone, error): free the engine's work and KV now.
+
+        Synchronous on purpose: Starlette cancels a gone client's stream through an anyio cancel
+        scope that raises again at every await, so the abort runs as a task of its own.
+        """
         self._cancelled += 1
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        abort = asyncio.get_running_loop().create_task(self._abort(engine, ids))
+        self._aborting.add(abort)
+        abort.add_done_callback(self._aborting.discard)
+        logger.info("request %s: cancelled after %d tokens", ids[0], sum(generated))
+
+    async def _abort(self, engine: Engine, ids: list[str]) -> None:
         try:
             await engine.abort(ids)
         except Exception:
             logger.exception("request %s: vLLM abort failed", ids[0])
-        logger.info("request %s: cancelled after %d tokens", ids[0], sum(generated))

@@ -61,6 +61,7 @@ class Tokenizer(Protocol):
 class Engine(Protocol):
     tokenizer: Tokenizer
     vocab_size: int
+    max_num_seqs: int
     chat_template: str | None
     bos_token: str
     eos_token: str
@@ -81,6 +82,7 @@ class VllmEngine:
         tokenizer: Any = llm.get_tokenizer()
         self.tokenizer: Tokenizer = tokenizer
         self.vocab_size = int(llm.model_config.get_vocab_size())
+        self.max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
         template = getattr(tokenizer, "chat_template", None)
         self.chat_template = template if isinstance(template, str) else None
         self.bos_token = str(getattr(tokenizer, "bos_token", None) or "")

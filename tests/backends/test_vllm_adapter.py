@@ -72,6 +72,7 @@ class FakeEngine:
     endless: bool = False
     vocab: Mapping[str, int] = field(default_factory=dict)
     vocab_size: int = 1000
+    max_num_seqs: int = 16
     chat_template: str | None = TEMPLATE
     bos_token: str = "<|im_start|>"
     eos_token: str = "<|im_end|>"
@@ -91,7 +92,7 @@ class FakeEngine:
         while self.endless:
             step += 1
             yield EngineDelta("x", (step,))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)  # a decode step: the consumer waits on the queue
         for i, piece in enumerate(self.script):
             last = i == len(self.script) - 1
             yield EngineDelta(piece, (100 + i,), self.finish if last else None,
@@ -221,8 +222,9 @@ def test_closing_the_stream_aborts_every_engine_request(
         stream = backend.generate(req(n=2, sampling=SamplingParams(max_tokens=50)))
         got = [await stream.__anext__() for _ in range(4)]
         assert all(c.text == "x" for c in got)
-        assert backend.stats().running == 2
+        assert backend.stats().running == 2 and backend.stats().slots_total == 16
         await stream.aclose()
+        await asyncio.sleep(0.01)  # the abort runs as its own task
         return backend
 
     with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
@@ -359,3 +361,30 @@ def test_registry_creates_the_vllm_adapter_without_importing_vllm(
     assert isinstance(backend, VllmBackend)
     assert "CPU build" in backend.info.backend_reason
     assert "vllm" not in sys.modules and "torch" not in sys.modules
+
+
+def test_stream_cancelled_by_the_server_aborts_even_inside_a_cancelled_scope(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette/anyio cancel a disconnected client's stream with a cancel scope that re-raises
+    at every await, so the clean-up must not depend on awaiting."""
+    import anyio
+
+    engine = FakeEngine(endless=True)
+
+    async def go() -> VllmBackend:
+        backend = await started(tmp_path, engine)
+        got = 0
+        with anyio.CancelScope() as scope:
+            async for _ in backend.generate(req(sampling=SamplingParams(max_tokens=50))):
+                got += 1
+                if got == 3:
+                    scope.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return backend
+
+    with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
+        backend = run(go())
+    assert engine.aborted == ["r1"]
+    assert backend.stats().running == 0 and backend.stats().cancelled == 1
+    assert "r1: cancelled after" in caplog.text

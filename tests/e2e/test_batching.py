@@ -15,6 +15,10 @@ import pytest
 from backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import MODEL, Server, start_server, stop_server
 
+# Properties of lokal's own llama.cpp scheduler (slots, its queue, prefill interleaving); vLLM's
+# scheduler is vLLM's, and the shared contract tests cover it.
+pytestmark = pytest.mark.backends("llamacpp")
+
 TOPICS = ["the sea", "cats", "rockets", "bread", "music", "trees", "winter", "chess"]
 
 

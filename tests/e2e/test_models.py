@@ -13,7 +13,7 @@ from tests.conftest import MODEL, Server, start_server, stop_server
 from tests.openapi import validate
 
 
-def test_list_models(http: httpx.Client, client: openai.OpenAI) -> None:
+def test_list_models(http: httpx.Client, client: openai.OpenAI, backend_name: str) -> None:
     r = http.get("/v1/models")
     assert r.status_code == 200
     body = r.json()
@@ -21,7 +21,7 @@ def test_list_models(http: httpx.Client, client: openai.OpenAI) -> None:
     (model,) = body["data"]
     assert model["id"] == MODEL
     assert model["context_length"] == 8192
-    assert model["backend"] == "llamacpp"
+    assert model["backend"] == backend_name
     assert "NVIDIA" in model["backend_reason"] or "GPU" in model["backend_reason"]
     assert [m.id for m in client.models.list()] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
