@@ -146,9 +146,12 @@ def test_running_and_waiting_return_to_zero_after_a_cancelled_stream(
             "stream": True}
     with http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
-        for line in r.iter_lines():
+        # Keep the line iterator referenced: a dropped one is finalised at once, and that closes
+        # the connection, so a fast engine would be cancelled before the gauge is read.
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("data: {"):
-                break  # got a token; leave mid-stream
+                break  # got a token; stop reading, but keep the stream open
         seen_running = poll(http, lambda s: value(s, "lokal_requests_running", model=MODEL) >= 1)
     assert seen_running, "the running gauge never showed the open stream"
     idle = poll(http, lambda s: value(s, "lokal_requests_running", model=MODEL) == 0
