@@ -124,6 +124,23 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Texts or token ids to embed, one vector each, in order."""
+
+    request_id: str
+    inputs: tuple[TextPrompt | TokenPrompt, ...]
+    dimensions: int | None = None
+    """None: the model's native size. Engines refuse sizes the model was not trained for."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: tuple[tuple[float, ...], ...]
+    """One unit-length (L2-normalised) vector per input, in input order."""
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStats:
     """A snapshot for metrics and readiness; counters are totals since start."""
 
@@ -153,3 +170,7 @@ class Backend(Protocol):
     async def stop(self) -> None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]: ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """One vector per input; InvalidParameter when the model does not serve embeddings."""
+        ...

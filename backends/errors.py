@@ -37,6 +37,18 @@ class ContextLengthExceeded(BackendError):
         self.context_length = context_length
 
 
+class InputTooLong(ContextLengthExceeded):
+    """An embedding input longer than the model embeds in one piece (never truncated)."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        BackendError.__init__(
+            self, f"Input {index} has {tokens} tokens, but this model embeds at most {limit} "
+            "tokens per input. Please shorten or split the input.", param="input")
+        self.prompt_tokens = tokens
+        self.max_tokens = None
+        self.context_length = limit
+
+
 class ModelNotFound(BackendError):
     pass
 

@@ -81,6 +81,30 @@ class LlamaCppOptions(BaseModel):
                              "before 429")
 
 
+class EmbeddingOptions(BaseModel):
+    """Whether /v1/embeddings serves this model, and how its vectors are made (llama.cpp)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    pooling: Literal["mean", "cls", "last"] = Field(
+        default="mean", description="how the per-token states become one vector")
+    batch_tokens: int = Field(default=2048, ge=16,
+                              description="tokens decoded together in one step; also the longest "
+                              "input, since an input's tokens are pooled within one step")
+    batch_inputs: int = Field(default=32, ge=1, le=256,
+                              description="inputs (of any requests) decoded together in one step")
+    max_waiting: int = Field(default=1024, ge=0,
+                             description="inputs queued beyond the running step before 429")
+
+    @model_validator(mode="after")
+    def _room_for_every_input(self) -> EmbeddingOptions:
+        if self.batch_inputs > self.batch_tokens:
+            raise ValueError("embeddings.batch_inputs cannot exceed embeddings.batch_tokens "
+                             "(every input has at least one token)")
+        return self
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +117,7 @@ class ModelSpec(BaseModel):
     gguf: GgufSource | None = None
     vllm: VllmSource | None = None
     llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+    embeddings: EmbeddingOptions = Field(default_factory=EmbeddingOptions)
     base_dir: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

@@ -114,8 +114,6 @@ def completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) ->
 
 
 def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerationRequest]:
-    if body.suffix:
-        raise _unsupported("suffix", "fill-in-the-middle is not implemented in this build yet")
     if body.echo:
         raise _unsupported("echo", "echo is not implemented in this build yet")
     if body.logprobs is not None:
@@ -127,7 +125,7 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[Genera
     prompts = completion_prompts(body.prompt)
     return [
         GenerationRequest(request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id,
-                          prompt=p, sampling=sampling, n=n)
+                          prompt=p, sampling=sampling, n=n, suffix=body.suffix)
         for i, p in enumerate(prompts)
     ]
 

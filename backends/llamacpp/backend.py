@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -15,6 +16,8 @@ from backends.base import (
     Capabilities,
     ChatPrompt,
     Chunk,
+    EmbeddingRequest,
+    EmbeddingResult,
     GenerationRequest,
     ModelInfo,
     TextPrompt,
@@ -23,6 +26,7 @@ from backends.base import (
 )
 from backends.chat_template import ChatTemplate
 from backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter, NotReady
+from backends.llamacpp.embedder import Embedder
 from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
 
@@ -38,6 +42,8 @@ class LlamaCppBackend:
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
         self._n_vocab = 0
+        self._fim: tuple[int, int, int] | None = None
+        self._embedder: Embedder | None = None
         self._info = ModelInfo(
             id=spec.id,
             context_length=spec.context_length,
@@ -74,6 +80,11 @@ class LlamaCppBackend:
         self._scheduler = Scheduler(self._model, self._ctx, n_slots=opts.parallel,
                                     prompt_budget=opts.n_batch, max_waiting=opts.max_waiting)
         self._scheduler.start()
+        self._info = dataclasses.replace(self._info, capabilities=dataclasses.replace(
+            self._info.capabilities, fim=self._fim is not None,
+            embeddings=self._embedder is not None))
+        if self._embedder is not None:
+            self._embedder.start()
 
     def _load(self, path: str) -> None:
         import llama_cpp
@@ -101,6 +112,13 @@ class LlamaCppBackend:
         self._ctx_owner = LlamaContext(model=self._model, params=params, verbose=False)
         self._ctx = self._ctx_owner.ctx
         self._n_vocab = self._model.n_vocab()
+        vocab = self._model.vocab
+        fim = (llama_cpp.llama_vocab_fim_pre(vocab), llama_cpp.llama_vocab_fim_suf(vocab),
+               llama_cpp.llama_vocab_fim_mid(vocab))
+        self._fim = fim if min(fim) >= 0 else None
+        if self._spec.embeddings.enabled:
+            self._embedder = Embedder(self._model, self._spec.embeddings, n_threads=threads,
+                                      max_input=self._spec.context_length)
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -123,6 +141,9 @@ class LlamaCppBackend:
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.stop)
             self._scheduler = None
+        if self._embedder is not None:
+            await asyncio.to_thread(self._embedder.close)
+            self._embedder = None
         self._ctx = None
         if self._ctx_owner is not None:
             self._ctx_owner.close()
@@ -132,6 +153,8 @@ class LlamaCppBackend:
             self._model = None
 
     def _tokenize(self, request: GenerationRequest) -> list[int]:
+        if request.suffix is not None:
+            return self._fim_tokens(request)
         prompt = request.prompt
         if isinstance(prompt, TokenPrompt):
             bad = [t for t in prompt.token_ids if not 0 <= t < self._n_vocab]
@@ -151,6 +174,25 @@ class LlamaCppBackend:
         tokens: list[int] = self._model.tokenize(text.encode("utf-8"), add_bos, True)
         return tokens
 
+    def _fim_tokens(self, request: GenerationRequest) -> list[int]:
+        """Prefix-suffix-middle from the vocabulary's own FIM tokens:
+        [BOS] <fim_pre> prompt <fim_suf> suffix <fim_mid>; the model then writes the middle."""
+        import llama_cpp
+
+        assert self._fim is not None and request.suffix is not None
+        pre, suf, mid = self._fim
+        prompt = request.prompt
+        if isinstance(prompt, ChatPrompt):
+            raise InvalidParameter("'suffix' needs a text or token prompt", param="suffix")
+        if isinstance(prompt, TokenPrompt):
+            before = self._tokenize(dataclasses.replace(request, suffix=None))
+        else:
+            before = self._model.tokenize(prompt.text.encode("utf-8"), False, True)
+        after: list[int] = self._model.tokenize(request.suffix.encode("utf-8"), False, True)
+        bos = self._model.token_bos()
+        start = [bos] if llama_cpp.llama_vocab_get_add_bos(self._model.vocab) and bos >= 0 else []
+        return [*start, pre, *before, suf, *after, mid]
+
     def _check_supported(self, request: GenerationRequest) -> None:
         if request.logprobs is not None:
             raise InvalidParameter("logprobs are not supported by lokal's llama.cpp backend yet",
@@ -159,9 +201,10 @@ class LlamaCppBackend:
             raise InvalidParameter(
                 f"{request.constraint.kind} constraints are not supported by lokal's llama.cpp "
                 "backend yet", param="response_format")
-        if request.suffix is not None:
-            raise InvalidParameter("suffix (fill-in-the-middle) is not supported yet",
-                                   param="suffix")
+        if request.suffix is not None and self._fim is None:
+            raise InvalidParameter(
+                f"model {self._spec.id!r} has no fill-in-the-middle tokens (fim_pre, fim_suf, "
+                "fim_mid) in its vocabulary, so 'suffix' cannot be honoured", param="suffix")
         if request.echo:
             raise InvalidParameter("echo is not supported yet", param="echo")
         slots = self._spec.llamacpp.parallel
@@ -173,12 +216,23 @@ class LlamaCppBackend:
             raise InvalidParameter(f"logit_bias token {bad[0]} is outside the vocabulary",
                                    param="logit_bias")
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        if self._embedder is None:
+            if self._model is None:
+                raise NotReady("the model is not loaded yet")
+            raise InvalidParameter(
+                f"model {self._spec.id!r} does not serve embeddings (its model YAML does not "
+                "enable them: `embeddings: {enabled: true}`)", param="model")
+        return await self._embedder.embed(request)
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         scheduler = self._scheduler
         if scheduler is None:
             raise NotReady("the model is not loaded yet")
         self._check_supported(request)
         prompt = await asyncio.to_thread(self._tokenize, request)
+        # The exact ids the engine gets (FIM layout, special tokens), for debugging.
+        logger.debug("request %s: prompt token ids %s", request.request_id, prompt)
         if not prompt:
             raise InvalidParameter("the prompt is empty", param="prompt")
         n_ctx = self._spec.context_length

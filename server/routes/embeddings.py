@@ -1,0 +1,23 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from server.deps import PoolDep, RequestIdDep
+from server.embeddings import embedding_request, embedding_response
+from server.protocol.embeddings import EmbeddingCreateRequest
+from server.routes.disconnect import cancel_on_disconnect
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def create_embedding(
+    body: EmbeddingCreateRequest, request: Request, pool: PoolDep, request_id: RequestIdDep
+) -> JSONResponse:
+    backend = pool.get(body.model)
+    result = await cancel_on_disconnect(
+        request, backend.embed(embedding_request(body, request_id)))
+    return JSONResponse(embedding_response(result, body.model, body.encoding_format))
