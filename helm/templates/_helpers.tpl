@@ -61,5 +61,9 @@ llamacpp:
   n_batch: 128
   parallel: 4
   max_waiting: 64
+embeddings:
+  enabled: true
+  pooling: mean
+  batch_tokens: 2048
 {{- end }}
 {{- end }}
