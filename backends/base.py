@@ -88,6 +88,23 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The chosen token's log probability under the model, and the `top` alternatives."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of one choice's output. The last chunk of a choice has finish_reason and usage."""
 
@@ -96,6 +113,8 @@ class Chunk:
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """One entry per token sampled for this chunk, when the request asked for logprobs."""
     queue_seconds: float | None = None
     """Set on a choice's first chunk when the engine queues requests: time spent waiting."""
 

@@ -14,6 +14,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backends.base import ChatMessage
 from backends.errors import InvalidParameter
+from backends.tools import rewrite_for_generic
 
 # Used only when a model ships no template of its own; documented in the README.
 FALLBACK_TEMPLATE = (
@@ -83,6 +84,9 @@ class ChatTemplate:
     ) -> None:
         self.source = source or FALLBACK_TEMPLATE
         self.is_fallback = source is None
+        # HF templates that render tools read the `tools` variable; others get the generic
+        # tool prompt and history rewrite of backends/tools.py.
+        self.supports_tools = "tools" in self.source
         self.bos_token = bos_token
         self.eos_token = eos_token
         try:
@@ -97,6 +101,9 @@ class ChatTemplate:
         tools: Sequence[Mapping[str, Any]] = (),
         add_generation_prompt: bool = True,
     ) -> str:
+        if not self.supports_tools:
+            messages = rewrite_for_generic(messages, tools)
+            tools = ()
         context: dict[str, Any] = {
             "messages": [message_to_dict(m) for m in messages],
             "add_generation_prompt": add_generation_prompt,

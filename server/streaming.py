@@ -14,9 +14,19 @@ from sse_starlette.sse import AppStatus
 from backends.base import Chunk, Usage
 from backends.errors import EngineFailure
 from server.errors import envelope, to_api_error
-from server.translate import UsageTotal, usage_wire
+from server.tool_calls import ToolCallStream
+from server.translate import (
+    ToolMode,
+    UsageTotal,
+    chat_logprobs,
+    completion_logprobs,
+    usage_wire,
+)
 
 logger = logging.getLogger(__name__)
+
+TOOL_ARGUMENT_FRAGMENT = 32
+"""Characters of tool-call arguments per streamed delta."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,7 @@ async def _frames(
     meta: StreamMeta,
     chunks: AsyncGenerator[Chunk, None],
     head: Callable[[int], dict[str, Any]],
-    piece: Callable[[Chunk], dict[str, Any]],
+    piece: Callable[[Chunk], list[dict[str, Any]]],
     envelope_of: Callable[[list[dict[str, Any]]], dict[str, Any]],
     n_choices: int,
     null_usage: bool,
@@ -85,8 +95,8 @@ async def _frames(
                 yield wrap([first])
         async for chunk in chunks:
             total.add(chunk, chunk.index // meta.n)
-            if chunk.text or chunk.finish_reason is not None:
-                yield wrap([piece(chunk)])
+            for choice in piece(chunk):
+                yield wrap([choice])
         if meta.include_usage:
             yield wrap([], total.usage())
     except Exception as exc:
@@ -99,7 +109,8 @@ async def _frames(
 
 
 def chat_stream(
-    meta: StreamMeta, chunks: AsyncGenerator[Chunk, None], n_choices: int
+    meta: StreamMeta, chunks: AsyncGenerator[Chunk, None], n_choices: int,
+    tools: ToolMode | None = None,
 ) -> EventSourceResponse:
     def envelope_of(choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
@@ -109,9 +120,42 @@ def chat_stream(
         return {"index": index, "delta": {"role": "assistant", "content": ""},
                 "logprobs": None, "finish_reason": None}
 
-    def piece(chunk: Chunk) -> dict[str, Any]:
-        return {"index": chunk.index, "delta": {"content": chunk.text}, "logprobs": None,
-                "finish_reason": chunk.finish_reason}
+    calls = {i: ToolCallStream(tools.known, tools.forced) for i in range(n_choices)} \
+        if tools else {}
+
+    def piece(chunk: Chunk) -> list[dict[str, Any]]:
+        i = chunk.index
+        text = calls[i].feed(chunk.text) if tools else chunk.text
+        logprobs = chat_logprobs(chunk.logprobs) if chunk.logprobs else None
+        out: list[dict[str, Any]] = []
+        if text or logprobs:
+            out.append({"index": i, "delta": {"content": text}, "logprobs": logprobs,
+                        "finish_reason": None})
+        if chunk.finish_reason is None:
+            return out
+        finish: str = chunk.finish_reason
+        if tools:
+            tail, made = calls[i].finish()
+            if tail:
+                out.append({"index": i, "delta": {"content": tail}, "logprobs": None,
+                            "finish_reason": None})
+            for k, call in enumerate(made):
+                # OpenAI's delta shape: id and name once, then the arguments as fragments.
+                function = call["function"]
+                out.append({"index": i, "logprobs": None, "finish_reason": None,
+                            "delta": {"tool_calls": [{
+                                "index": k, "id": call["id"], "type": "function",
+                                "function": {"name": function["name"], "arguments": ""}}]}})
+                args = function["arguments"]
+                for at in range(0, len(args), TOOL_ARGUMENT_FRAGMENT):
+                    out.append({"index": i, "logprobs": None, "finish_reason": None,
+                                "delta": {"tool_calls": [{"index": k, "function": {
+                                    "arguments": args[at:at + TOOL_ARGUMENT_FRAGMENT]}}]}})
+            if made:
+                finish = "tool_calls"
+        out.append({"index": i, "delta": {"content": ""}, "logprobs": None,
+                    "finish_reason": finish})
+        return out
 
     return _response(_frames(meta, chunks, head, piece, envelope_of, n_choices, True))
 
@@ -121,9 +165,17 @@ def completion_stream(meta: StreamMeta, chunks: AsyncGenerator[Chunk, None]) -> 
         return {"id": meta.id, "object": "text_completion", "created": meta.created,
                 "model": meta.model, "choices": choices}
 
-    def piece(chunk: Chunk) -> dict[str, Any]:
-        return {"index": chunk.index, "text": chunk.text, "logprobs": None,
-                "finish_reason": chunk.finish_reason}
+    offsets: dict[int, int] = {}
+
+    def piece(chunk: Chunk) -> list[dict[str, Any]]:
+        if not (chunk.text or chunk.logprobs or chunk.finish_reason is not None):
+            return []
+        logprobs = None
+        if chunk.logprobs:
+            logprobs = completion_logprobs(chunk.logprobs, offsets.get(chunk.index, 0))
+        offsets[chunk.index] = offsets.get(chunk.index, 0) + len(chunk.text)
+        return [{"index": chunk.index, "text": chunk.text, "logprobs": logprobs,
+                 "finish_reason": chunk.finish_reason}]
 
     return _response(_frames(meta, chunks, lambda _: {}, piece, envelope_of, 0, False))
 

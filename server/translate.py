@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from backends.base import (
     ChatMessage,
     ChatPrompt,
     Chunk,
+    Constraint,
     GenerationRequest,
+    LogprobsRequest,
     Prompt,
     SamplingParams,
     TextPrompt,
+    TokenLogprob,
     TokenPrompt,
     Usage,
 )
+from backends.tools import tool_call_schema
 from server.errors import APIError
 from server.protocol.chat import ChatCompletionMessageParam, ChatCompletionRequest
 from server.protocol.common import CompletionUsage, SamplingFields
@@ -33,9 +39,20 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in stops if s)
 
 
+def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
+    bias: dict[int, float] = {}
+    for key, value in (raw or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise APIError(400, f"Invalid 'logit_bias': key {key!r} is not a token id.",
+                           param="logit_bias", code="invalid_value")
+        if not -100 <= value <= 100:
+            raise APIError(400, f"Invalid 'logit_bias': {value} for token {key} is outside "
+                           "-100..100.", param="logit_bias", code="invalid_value")
+        bias[int(key)] = float(value)
+    return bias
+
+
 def _sampling(body: SamplingFields, max_tokens: int | None) -> SamplingParams:
-    if body.logit_bias:
-        raise _unsupported("logit_bias", "this server does not apply logit_bias yet")
     return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -44,6 +61,7 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> SamplingParams:
         stop=_stops(body.stop),
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=_logit_bias(body.logit_bias),
     )
 
 
@@ -68,29 +86,82 @@ def _content(message: ChatCompletionMessageParam, index: int) -> str | None:
     return "".join(texts)
 
 
+@dataclass(frozen=True, slots=True)
+class ToolMode:
+    """How a chat response's text becomes tool calls: `forced` when the grammar makes the
+    whole output a call (tool_choice required or a named function)."""
+
+    known: frozenset[str]
+    forced: bool
+
+
+def chat_tools(body: ChatCompletionRequest) -> ToolMode | None:
+    if body.tool_choice is not None and not body.tools:
+        raise APIError(400, "'tool_choice' is only allowed when 'tools' are specified.",
+                       param="tool_choice", code="invalid_value")
+    if not body.tools or body.tool_choice == "none":
+        return None
+    names = frozenset(t.function.name for t in body.tools)
+    if len(names) != len(body.tools):
+        raise APIError(400, "Invalid 'tools': function names must be unique.", param="tools",
+                       code="invalid_value")
+    choice = body.tool_choice
+    if choice is not None and not isinstance(choice, str) and choice.function.name not in names:
+        raise APIError(400, f"Invalid 'tool_choice': no tool named '{choice.function.name}' "
+                       "in 'tools'.", param="tool_choice", code="invalid_value")
+    return ToolMode(names, forced=choice is not None and choice != "auto")
+
+
+def _constraint(body: ChatCompletionRequest) -> Constraint | None:
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    for i, tool in enumerate(body.tools or []):
+        params = tool.function.parameters
+        if params is not None and params.get("type", "object") != "object":
+            raise APIError(400, f"Invalid 'tools[{i}].function.parameters': must be a JSON "
+                           "schema of type object.", param=f"tools[{i}].function.parameters",
+                           code="invalid_value")
+    choice = body.tool_choice
+    fmt = body.response_format
+    wants_format = fmt is not None and fmt.type != "text"
+    if tools and choice != "none" and wants_format:
+        raise _unsupported("response_format", "it cannot be enforced together with tools; "
+                           "send one or the other")
+    if tools and choice not in (None, "none", "auto"):
+        only = None if isinstance(choice, str) or choice is None else choice.function.name
+        schema = tool_call_schema(tools, only=only,
+                                  parallel=body.parallel_tool_calls is not False and only is None)
+        return Constraint(kind="tool_calls", schema=schema)
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return Constraint(kind="json_object")
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise APIError(400, "Missing required parameter: 'response_format.json_schema.schema'.",
+                       param="response_format.json_schema.schema",
+                       code="missing_required_parameter")
+    return Constraint(kind="json_schema", schema=fmt.json_schema.schema_)
+
+
 def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
-    if body.tools:
-        raise _unsupported("tools", "tool calling is not implemented in this build yet")
-    if body.tool_choice not in (None, "none"):
-        raise _unsupported("tool_choice", "tool calling is not implemented in this build yet")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise _unsupported("response_format",
-                           f"'{body.response_format.type}' output is not enforced yet")
-    if body.logprobs or body.top_logprobs:
-        raise _unsupported("logprobs", "log probabilities are not implemented in this build yet")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.",
+                       param="top_logprobs", code="invalid_value")
     messages = []
     for i, m in enumerate(body.messages):
-        if m.tool_calls:
-            raise _unsupported(f"messages[{i}].tool_calls", "tool calling is not implemented yet")
+        calls = tuple(c.model_dump() for c in m.tool_calls or ())
         messages.append(ChatMessage(role=m.role, content=_content(m, i), name=m.name,
-                                    tool_call_id=m.tool_call_id))
+                                    tool_calls=calls, tool_call_id=m.tool_call_id))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
+    tools = () if chat_tools(body) is None else tuple(
+        t.model_dump(exclude_none=True) for t in body.tools or [])
     return GenerationRequest(
         request_id=request_id,
-        prompt=ChatPrompt(tuple(messages)),
+        prompt=ChatPrompt(tuple(messages), tools=tools),
         sampling=_sampling(body, max_tokens),
         n=body.n or 1,
+        logprobs=LogprobsRequest(body.top_logprobs or 0) if body.logprobs else None,
+        constraint=_constraint(body),
     )
 
 
@@ -116,8 +187,6 @@ def completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) ->
 def completion_requests(body: CompletionRequest, request_id: str) -> list[GenerationRequest]:
     if body.echo:
         raise _unsupported("echo", "echo is not implemented in this build yet")
-    if body.logprobs is not None:
-        raise _unsupported("logprobs", "log probabilities are not implemented in this build yet")
     n = body.n or 1
     if body.best_of is not None and body.best_of != n:
         raise _unsupported("best_of", "best_of other than n is not implemented")
@@ -125,7 +194,9 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[Genera
     prompts = completion_prompts(body.prompt)
     return [
         GenerationRequest(request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id,
-                          prompt=p, sampling=sampling, n=n, suffix=body.suffix)
+                          prompt=p, sampling=sampling, n=n, suffix=body.suffix,
+                          logprobs=None if body.logprobs is None else LogprobsRequest(
+                              body.logprobs))
         for i, p in enumerate(prompts)
     ]
 
@@ -159,3 +230,26 @@ class UsageTotal:
 
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+def _top(entry: TokenLogprob) -> list[dict[str, Any]]:
+    return [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in entry.top]
+
+
+def chat_logprobs(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """Chat shape: {"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}."""
+    return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
+                         "top_logprobs": _top(e)} for e in entries],
+            "refusal": None}
+
+
+def completion_logprobs(entries: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+    """Legacy completions shape: parallel lists, top alternatives as {token: logprob}."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.token)
+    return {"tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+            "text_offset": offsets}

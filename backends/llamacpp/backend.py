@@ -16,6 +16,7 @@ from backends.base import (
     Capabilities,
     ChatPrompt,
     Chunk,
+    Constraint,
     EmbeddingRequest,
     EmbeddingResult,
     GenerationRequest,
@@ -27,6 +28,7 @@ from backends.base import (
 from backends.chat_template import ChatTemplate
 from backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter, NotReady
 from backends.llamacpp.embedder import Embedder
+from backends.llamacpp.grammar import constraint_grammar
 from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
 
@@ -52,7 +54,7 @@ class LlamaCppBackend:
             device="cpu",
             owned_by=spec.owned_by,
             created=int(time.time()),
-            capabilities=Capabilities(),
+            capabilities=Capabilities(tools=True, json_schema=True, logprobs=True),
         )
 
     @property
@@ -119,6 +121,20 @@ class LlamaCppBackend:
         if self._spec.embeddings.enabled:
             self._embedder = Embedder(self._model, self._spec.embeddings, n_threads=threads,
                                       max_input=self._spec.context_length)
+
+    def _compiled_grammar(self, constraint: Constraint) -> str:
+        """The grammar for `constraint`, compiled once here so that a bad one is a 400 now
+        rather than a failure inside the engine thread."""
+        import llama_cpp
+
+        grammar = constraint_grammar(constraint)
+        sampler = llama_cpp.llama_sampler_init_grammar(self._model.vocab, grammar.encode(),
+                                                       b"root")
+        if not sampler:
+            raise InvalidParameter("the constraint's grammar could not be compiled",
+                                   param="response_format")
+        llama_cpp.llama_sampler_free(sampler)
+        return grammar
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -194,13 +210,6 @@ class LlamaCppBackend:
         return [*start, pre, *before, suf, *after, mid]
 
     def _check_supported(self, request: GenerationRequest) -> None:
-        if request.logprobs is not None:
-            raise InvalidParameter("logprobs are not supported by lokal's llama.cpp backend yet",
-                                   param="logprobs")
-        if request.constraint is not None:
-            raise InvalidParameter(
-                f"{request.constraint.kind} constraints are not supported by lokal's llama.cpp "
-                "backend yet", param="response_format")
         if request.suffix is not None and self._fim is None:
             raise InvalidParameter(
                 f"model {self._spec.id!r} has no fill-in-the-middle tokens (fim_pre, fim_suf, "
@@ -253,8 +262,12 @@ class LlamaCppBackend:
         seed = request.sampling.seed
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
+        grammar = None
+        if request.constraint is not None:
+            grammar = await asyncio.to_thread(self._compiled_grammar, request.constraint)
         job = Job(request.request_id, prompt, request.sampling, max_tokens, seed, request.n,
-                  emit)
+                  emit, grammar=grammar,
+                  top_logprobs=None if request.logprobs is None else request.logprobs.top_n)
         scheduler.submit(job)
         try:
             remaining = request.n
@@ -264,7 +277,7 @@ class LlamaCppBackend:
                     raise EngineFailure(event.error)
                 if event.finish_reason is None:
                     yield Chunk(event.index, event.text, event.token_ids,
-                                queue_seconds=event.queue_seconds)
+                                logprobs=event.logprobs, queue_seconds=event.queue_seconds)
                     continue
                 remaining -= 1
                 yield Chunk(event.index, finish_reason=event.finish_reason,

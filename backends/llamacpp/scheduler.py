@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
-from backends.base import FinishReason, SamplingParams
+from backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
 from backends.errors import Busy
 from backends.llamacpp.cache import Placement, Slot, SlotTable
 from backends.llamacpp.sampling import SamplerChain
@@ -36,6 +37,7 @@ class Event:
     cached_tokens: int = 0
     queue_seconds: float | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(slots=True)
@@ -50,6 +52,8 @@ class Job:
     n: int
     emit: Callable[[Event], None]
     grammar: str | None = None
+    top_logprobs: int | None = None
+    """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
 
@@ -164,6 +168,13 @@ class Scheduler:
             self._start(job)
 
     def _start(self, job: Job) -> None:
+        try:
+            samplers = [SamplerChain(self._vocab, self._n_vocab, job.sampling,
+                                     (job.seed + i) % 2**32, job.grammar) for i in range(job.n)]
+        except Exception as exc:
+            logger.error("request %s: sampler set-up failed: %s", job.request_id, exc)
+            job.emit(Event(0, error="the sampler could not be set up"))
+            return
         placement = self._slots.place(job.prompt)
         leader_slot = placement.slot
         self._slots.claim(leader_slot)
@@ -178,8 +189,7 @@ class Scheduler:
                 self._slots.claim(slot)
             seq = _Seq(
                 job=job, index=index, slot=slot,
-                sampler=SamplerChain(self._vocab, self._n_vocab, job.sampling,
-                                     (job.seed + index) % 2**32, job.grammar),
+                sampler=samplers[index],
                 reuse=placement.reuse, n_past=placement.reuse, prefilling=True,
                 leader=index == 0,
             )
@@ -249,13 +259,33 @@ class Scheduler:
             seq.slot.tokens.extend(tokens)
             seq.n_past += len(tokens)
         for seq, index in samples:
+            group = [seq]
             if seq.prefilling:
                 self._fork(seq)
-                for member in self._group(seq):
-                    member.prefilling = False
-                    self._accept(member, member.sampler.sample(self._ctx, index))
-            else:
-                self._accept(seq, seq.sampler.sample(self._ctx, index))
+                group = self._group(seq)
+            logp = None if seq.job.top_logprobs is None else self._log_softmax(index)
+            for member in group:
+                member.prefilling = False
+                self._accept(member, member.sampler.sample(self._ctx, index), logp)
+
+    def _log_softmax(self, batch_index: int) -> np.ndarray[Any, Any]:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, batch_index),
+                                       shape=(self._n_vocab,)).astype(np.float64)
+        shifted = logits - logits.max()
+        result: np.ndarray[Any, Any] = shifted - np.log(np.exp(shifted).sum())
+        return result
+
+    def _token_logprob(self, token: int, logp: np.ndarray[Any, Any], top_n: int) -> TokenLogprob:
+        def entry(t: int) -> tuple[str, tuple[int, ...], float]:
+            raw = bytes(self._model.detokenize([t]))
+            return raw.decode("utf-8", "replace"), tuple(raw), float(logp[t])
+
+        top: tuple[TopLogprob, ...] = ()
+        if top_n:
+            best = np.argpartition(-logp, top_n)[:top_n]
+            best = best[np.argsort(-logp[best])]
+            top = tuple(TopLogprob(*entry(int(t))) for t in best)
+        return TokenLogprob(*entry(token), top=top)
 
     def _group(self, leader: _Seq) -> list[_Seq]:
         return [s for s in self._active if s.job is leader.job]
@@ -270,7 +300,7 @@ class Scheduler:
             seq.slot.tokens = list(leader.slot.tokens)
             seq.n_past = leader.n_past
 
-    def _accept(self, seq: _Seq, token: int) -> None:
+    def _accept(self, seq: _Seq, token: int, logp: np.ndarray[Any, Any] | None) -> None:
         job = seq.job
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
@@ -278,7 +308,10 @@ class Scheduler:
         seq.generated += 1
         piece = bytes(self._model.detokenize([token]))
         text = seq.stops.feed(seq.decoder.decode(piece))
-        if text:
+        if logp is not None and job.top_logprobs is not None:
+            logprob = self._token_logprob(token, logp, job.top_logprobs)
+            job.emit(Event(seq.index, text, (token,), logprobs=(logprob,)))
+        elif text:
             job.emit(Event(seq.index, text, (token,)))
         if seq.stops.stopped:
             self._finish(seq, "stop")

@@ -50,11 +50,49 @@ class ChatCompletionMessageParam(BaseModel):
     tool_call_id: str | None = None
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = WIRE_CONFIG
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
     model_config = WIRE_CONFIG
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = WIRE_CONFIG
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatCompletionTool(BaseModel):
+    model_config = WIRE_CONFIG
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = WIRE_CONFIG
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = WIRE_CONFIG
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -62,22 +100,34 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: MaxTokens = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatCompletionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
 
-class ChatCompletionMessage(TypedDict):
+class FunctionCallWire(TypedDict):
+    name: str
+    arguments: str
+
+
+class ToolCallWire(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallWire
+
+
+class ChatCompletionMessage(TypedDict, total=False):
     role: Literal["assistant"]
-    content: str
+    content: str | None
     refusal: None
+    tool_calls: list[ToolCallWire]
 
 
 class Choice(TypedDict):
     index: int
     message: ChatCompletionMessage
-    logprobs: None
+    logprobs: dict[str, Any] | None
     finish_reason: FinishReasonWire
 
 
@@ -93,12 +143,13 @@ class ChatCompletion(TypedDict):
 class ChoiceDelta(TypedDict, total=False):
     role: Literal["assistant"]
     content: str
+    tool_calls: list[dict[str, Any]]
 
 
 class ChunkChoice(TypedDict):
     index: int
     delta: ChoiceDelta
-    logprobs: None
+    logprobs: dict[str, Any] | None
     finish_reason: FinishReasonWire
 
 

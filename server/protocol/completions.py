@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from typing_extensions import TypedDict
@@ -23,7 +23,7 @@ class CompletionRequest(SamplingFields):
 class CompletionChoice(TypedDict):
     index: int
     text: str
-    logprobs: None
+    logprobs: dict[str, Any] | None
     finish_reason: FinishReasonWire
 
 

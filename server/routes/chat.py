@@ -12,7 +12,7 @@ from server.deps import PoolDep, RequestIdDep
 from server.generation import start as start_generation
 from server.protocol.chat import ChatCompletionRequest
 from server.routes.disconnect import cancel_on_disconnect
-from server.translate import chat_request
+from server.translate import chat_request, chat_tools
 
 router = APIRouter()
 
@@ -23,6 +23,7 @@ async def create_chat_completion(
 ) -> Response:
     backend = pool.get(body.model)
     generation = chat_request(body, request_id)
+    tools = chat_tools(body)
     meta = streaming.StreamMeta(
         id=f"chatcmpl-{request_id.removeprefix('req_')}",
         created=int(time.time()),
@@ -34,8 +35,9 @@ async def create_chat_completion(
     )
     chunks = await streaming.prime(start_generation(request, backend, generation))
     if body.stream:
-        return streaming.chat_stream(meta, chunks, generation.n)
+        return streaming.chat_stream(meta, chunks, generation.n, tools)
     result = await cancel_on_disconnect(
-        request, responses.chat_completion(meta, chunks, generation.n)
+        request, responses.chat_completion(meta, chunks, generation.n, tools,
+                                           logprobs=generation.logprobs is not None)
     )
     return JSONResponse(result)

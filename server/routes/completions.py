@@ -49,7 +49,8 @@ async def create_completion(
     if body.stream:
         return streaming.completion_stream(meta, chunks)
     result = await cancel_on_disconnect(
-        request, responses.completion(meta, chunks, n * len(generations))
+        request, responses.completion(meta, chunks, n * len(generations),
+                                      logprobs=generations[0].logprobs is not None)
     )
     return JSONResponse(result)
 

@@ -59,7 +59,7 @@ def test_sandbox_blocks_python_internals() -> None:
 
 def test_tojson_bos_and_tool_call_arguments_as_mapping() -> None:
     template = ChatTemplate(
-        "{{ bos_token }}{% for m in messages %}{% if m.tool_calls %}"
+        "{{ bos_token }}{% if tools %}T{% endif %}{% for m in messages %}{% if m.tool_calls %}"
         "{{ m.tool_calls[0].function.arguments | tojson }}{% endif %}{% endfor %}",
         bos_token="<s>",
     )
@@ -78,3 +78,29 @@ def test_fallback_template_is_chatml() -> None:
 def test_syntax_error_is_reported_at_load() -> None:
     with pytest.raises(ValueError, match="invalid chat template"):
         ChatTemplate("{% for %}")
+
+
+def test_tool_aware_template_gets_tools_and_raw_history() -> None:
+    template = ChatTemplate("{% for t in tools %}{{ t.function.name }};{% endfor %}"
+                            "{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}")
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    out = template.render([ChatMessage("tool", "12:00", tool_call_id="c1")], tools=[tool])
+    assert out == "get_time;tool:12:00|"
+
+
+def test_generic_tool_prompt_and_history_for_tool_unaware_template(smollm_template: str) -> None:
+    tool = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    out = ChatTemplate(smollm_template).render(
+        [ChatMessage("user", "Weather in Paris?"),
+         ChatMessage("assistant", None, tool_calls=(call,)),
+         ChatMessage("tool", "sunny", tool_call_id="c1")],
+        tools=[tool])
+    assert out.startswith("<|im_start|>system\nYou can call functions")
+    assert '"name": "get_weather"' in out and "Weather in a city" in out
+    assert ('<|im_start|>assistant\n<tool_call>{"name": "get_weather", '
+            '"arguments": {"city": "Paris"}}</tool_call><|im_end|>') in out
+    assert '<|im_start|>user\n<tool_response id="c1">\nsunny\n</tool_response>' in out
