@@ -68,6 +68,7 @@ def test_json_object_output_is_an_object(client: openai.OpenAI) -> None:
         assert isinstance(json.loads(text), dict)
 
 
+@pytest.mark.backends("llamacpp")  # which keywords are enforceable depends on the engine
 @pytest.mark.parametrize(("schema", "keyword"), [
     ({"type": "integer", "minimum": 3}, "minimum"),
     ({"type": "object", "properties": {"e": {"type": "string", "format": "email"}}}, "format"),
@@ -177,9 +178,6 @@ def test_tool_history_renders(client: openai.OpenAI) -> None:
      "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tool_choice": "sometimes", "tools": [WEATHER]}, "tool_choice"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}}}],
-      "tool_choice": "required"}, "tools"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"logit_bias": {"abc": 1}}, "logit_bias"),
@@ -263,3 +261,13 @@ def test_logit_bias_is_applied(http: httpx.Client, vocab: Any) -> None:
     assert banned != greedy
     forced_id = vocab.tokenize(b" banana", add_bos=False, special=False)[0]
     assert first_token({str(forced_id): 100}) == [forced_id]
+
+
+@pytest.mark.backends("llamacpp")
+def test_unenforceable_tool_parameters_are_400(http: httpx.Client) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}}}
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK,
+                                               "tools": [tool], "tool_choice": "required"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "tools" and "maximum" in r.json()["error"]["message"]
