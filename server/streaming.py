@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from sse_starlette.sse import AppStatus
 from backends.base import Chunk, Usage
 from backends.errors import EngineFailure
 from server.errors import envelope, to_api_error
+from server.protocol.common import SamplingFields
 from server.tool_calls import ToolCallStream
 from server.translate import (
     ToolMode,
@@ -38,6 +40,19 @@ class StreamMeta:
     include_usage: bool
     n: int
     """Choices per prompt; a chunk's prompt is index // n."""
+
+    @classmethod
+    def of(cls, prefix: str, body: SamplingFields, request_id: str, n: int) -> StreamMeta:
+        """One response's identity: `prefix` is OpenAI's id prefix (chatcmpl, cmpl)."""
+        return cls(
+            id=f"{prefix}-{request_id.removeprefix('req_')}",
+            created=int(time.time()),
+            model=body.model,
+            request_id=request_id,
+            include_usage=bool(body.stream and body.stream_options
+                               and body.stream_options.include_usage),
+            n=n,
+        )
 
 
 async def prime(chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -24,15 +22,7 @@ async def create_chat_completion(
     backend = pool.get(body.model)
     generation = chat_request(body, request_id)
     tools = chat_tools(body)
-    meta = streaming.StreamMeta(
-        id=f"chatcmpl-{request_id.removeprefix('req_')}",
-        created=int(time.time()),
-        model=body.model,
-        request_id=request_id,
-        include_usage=bool(body.stream and body.stream_options
-                           and body.stream_options.include_usage),
-        n=generation.n,
-    )
+    meta = streaming.StreamMeta.of("chatcmpl", body, request_id, generation.n)
     chunks = await streaming.prime(start_generation(request, backend, generation))
     if body.stream:
         return streaming.chat_stream(meta, chunks, generation.n, tools)

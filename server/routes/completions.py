@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 
@@ -27,15 +26,7 @@ async def create_completion(
     backend = pool.get(body.model)
     generations = completion_requests(body, request_id)
     n = generations[0].n
-    meta = streaming.StreamMeta(
-        id=f"cmpl-{request_id.removeprefix('req_')}",
-        created=int(time.time()),
-        model=body.model,
-        request_id=request_id,
-        include_usage=bool(body.stream and body.stream_options
-                           and body.stream_options.include_usage),
-        n=n,
-    )
+    meta = streaming.StreamMeta.of("cmpl", body, request_id, n)
     # Every prompt is primed before the first byte, so a bad prompt anywhere is a plain 400.
     primed: list[AsyncGenerator[Chunk, None]] = []
     try:
