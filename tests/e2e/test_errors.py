@@ -41,15 +41,14 @@ BAD_CHAT: list[tuple[str, Any, str | None]] = [
     ("image part", {"model": MODEL, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
      "messages[0].content[0]"),
-    ("tools not honoured yet", {"model": MODEL, "messages": OK, "tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
-     "tools"),
-    ("json schema not enforced yet", {"model": MODEL, "messages": OK, "response_format": {
-        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+    ("json_schema without schema", {"model": MODEL, "messages": OK, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format.json_schema.schema"),
+    ("response_format type unknown", {"model": MODEL, "messages": OK, "response_format": {
+        "type": "xml"}}, "response_format.type"),
+    ("tools with json format", {"model": MODEL, "messages": OK, "response_format": {
+        "type": "json_object"}, "tools": [{"type": "function", "function": {"name": "f"}}]},
      "response_format"),
-    ("logprobs not yet", {"model": MODEL, "messages": OK, "logprobs": True}, "logprobs"),
-    ("logit_bias not yet", {"model": MODEL, "messages": OK, "logit_bias": {"1": 5}},
-     "logit_bias"),
     ("model missing", {"messages": OK}, "model"),
 ]
 
