@@ -140,6 +140,8 @@ class VllmBackend:
                             cancelled=self._cancelled)
 
     def _tokenize(self, engine: Engine, request: GenerationRequest) -> list[int]:
+        if request.suffix is not None:
+            return self._fim_tokens(engine, request)
         prompt = request.prompt
         if isinstance(prompt, TokenPrompt):
             bad = [t for t in prompt.token_ids if not 0 <= t < engine.vocab_size]
@@ -156,20 +158,31 @@ class VllmBackend:
             return engine.tokenizer.encode(
                 text, add_special_tokens=not (bos and text.startswith(bos)))
         assert isinstance(prompt, TextPrompt)
-        text = prompt.text
-        if request.suffix is not None:
-            text = fim_prompt(text, request.suffix, self._fim, self._spec.id)
-        return engine.tokenizer.encode(text, add_special_tokens=True)
+        return engine.tokenizer.encode(prompt.text, add_special_tokens=True)
+
+    def _fim_tokens(self, engine: Engine, request: GenerationRequest) -> list[int]:
+        """Prefix-suffix-middle from the vocabulary's own FIM tokens, as the llama.cpp backend
+        builds it: [BOS] <fim_prefix> prompt <fim_suffix> suffix <fim_middle>."""
+        assert request.suffix is not None
+        fmt = self._fim
+        if fmt is None:
+            fim_prompt("", "", None, self._spec.id)  # raises the 400 naming `suffix`
+        assert fmt is not None
+        if isinstance(request.prompt, ChatPrompt):
+            raise InvalidParameter("suffix needs a text or token prompt", param="suffix")
+        tokenizer = engine.tokenizer
+        before = self._tokenize(engine, dataclasses.replace(request, suffix=None)) \
+            if isinstance(request.prompt, TokenPrompt) else \
+            tokenizer.encode(request.prompt.text, add_special_tokens=False)
+        vocab = tokenizer.get_vocab()
+        return [*tokenizer.encode("", add_special_tokens=True), vocab[fmt.prefix], *before,
+                vocab[fmt.suffix], *tokenizer.encode(request.suffix, add_special_tokens=False),
+                vocab[fmt.middle]]
 
     def _params(self, engine: Engine, request: GenerationRequest, prompt_len: int) -> EngineParams:
-        if request.logprobs is not None:
-            raise InvalidParameter("logprobs are not carried through lokal's engine boundary yet",
-                                   param="logprobs")
         if request.echo:
             raise InvalidParameter("echo is not supported by lokal's vLLM backend",
                                    param="echo")
-        if request.suffix is not None and not isinstance(request.prompt, TextPrompt):
-            raise InvalidParameter("suffix needs a text prompt", param="suffix")
         sampling = request.sampling
         bad = [t for t in sampling.logit_bias if not 0 <= t < engine.vocab_size]
         if bad:
@@ -187,7 +200,8 @@ class VllmBackend:
             max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=sampling.stop, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, logit_bias=dict(sampling.logit_bias),
-            structured=_structured(request.constraint))
+            structured=_structured(request.constraint),
+            logprobs=None if request.logprobs is None else request.logprobs.top_n)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         raise InvalidParameter(f"model {self._spec.id!r} does not serve embeddings on the vLLM "
@@ -233,14 +247,12 @@ class VllmBackend:
                 if isinstance(event, BaseException):
                     raise EngineFailure(f"vLLM failed: {event!r}") from event
                 generated[index] += len(event.token_ids)
+                if event.text or event.token_ids:
+                    yield Chunk(index, event.text, event.token_ids, logprobs=event.logprobs)
                 if event.finish_reason is None:
-                    if event.text or event.token_ids:
-                        yield Chunk(index, event.text, event.token_ids)
                     continue
                 remaining -= 1
                 self._cached_tokens += event.cached_tokens
-                if event.text or event.token_ids:
-                    yield Chunk(index, event.text, event.token_ids)
                 yield Chunk(index, finish_reason=self._finish(event.finish_reason, request),
                             usage=Usage(len(prompt), generated[index], event.cached_tokens))
         finally:

@@ -7,11 +7,13 @@ in the fast suite where vLLM is not installed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from backends.base import TokenLogprob, TopLogprob
 from backends.errors import BackendUnavailable, EngineFailure, InvalidParameter
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class EngineParams:
     frequency_penalty: float = 0.0
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     structured: Structured | None = None
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class EngineDelta:
     token_ids: tuple[int, ...]
     finish_reason: str | None = None
     cached_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Tokenizer(Protocol):
@@ -113,7 +118,7 @@ class VllmEngine:
                 presence_penalty=params.presence_penalty,
                 frequency_penalty=params.frequency_penalty,
                 logit_bias=dict(params.logit_bias) or None,
-                structured_outputs=structured,
+                structured_outputs=structured, logprobs=params.logprobs,
                 output_kind=RequestOutputKind.DELTA,
             )
         except (VLLMValidationError, ValueError, TypeError) as exc:
@@ -129,8 +134,11 @@ class VllmEngine:
         try:
             async for out in self._llm.generate(tokens_input(prompt), sampling, request_id):
                 completion = out.outputs[0]
-                yield EngineDelta(completion.text, tuple(completion.token_ids),
-                                  completion.finish_reason, out.num_cached_tokens or 0)
+                token_ids = tuple(completion.token_ids)
+                logprobs = () if params.logprobs is None else _logprobs(
+                    token_ids, completion.logprobs or (), params.logprobs)
+                yield EngineDelta(completion.text, token_ids, completion.finish_reason,
+                                  out.num_cached_tokens or 0, logprobs)
         except VLLMClientError as exc:
             raise InvalidParameter(f"vLLM rejected the request: {exc}",
                                    param=getattr(exc, "parameter", None)) from exc
@@ -144,6 +152,25 @@ class VllmEngine:
 
     def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+def _logprobs(token_ids: tuple[int, ...], steps: Any, top_n: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-token {token id: Logprob} maps (the sampled token plus the top_n most likely,
+    from the raw logits) as engine-neutral entries."""
+    def entry(token_id: int, lp: Any) -> tuple[str, tuple[int, ...], float]:
+        text = lp.decoded_token or ""
+        # A structured-output mask makes excluded tokens -inf, which JSON cannot carry;
+        # OpenAI reports such tokens as -9999.0.
+        return text, tuple(text.encode("utf-8")), max(float(lp.logprob), -9999.0)
+
+    out = []
+    for token_id, step in zip(token_ids, steps, strict=False):
+        ranked = sorted(((t, lp) for t, lp in step.items()
+                         if lp.rank is not None and math.isfinite(lp.logprob)),
+                        key=lambda item: int(item[1].rank))[:top_n]
+        top = tuple(TopLogprob(*entry(t, lp)) for t, lp in ranked)
+        out.append(TokenLogprob(*entry(token_id, step[token_id]), top=top))
+    return tuple(out)
 
 
 def resolve_model(model: str, base_dir: Path | None, must_have: str = "config.json") -> str:

@@ -20,7 +20,9 @@ from backends.base import (
     LogprobsRequest,
     SamplingParams,
     TextPrompt,
+    TokenLogprob,
     TokenPrompt,
+    TopLogprob,
 )
 from backends.errors import (
     BackendUnavailable,
@@ -67,6 +69,7 @@ class FakeEngine:
     """Replays `script` (text pieces) for every request, then finishes with `finish`."""
 
     script: tuple[str, ...] = ("Hel", "lo", "!")
+    logprob: TokenLogprob | None = None
     finish: str = "stop"
     fail_with: BaseException | None = None
     endless: bool = False
@@ -78,6 +81,7 @@ class FakeEngine:
     eos_token: str = "<|im_end|>"
     calls: list[Call] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
     shut: bool = False
 
     def __post_init__(self) -> None:
@@ -89,14 +93,18 @@ class FakeEngine:
         if self.fail_with is not None:
             raise self.fail_with
         step = 0
-        while self.endless:
-            step += 1
-            yield EngineDelta("x", (step,))
-            await asyncio.sleep(0.001)  # a decode step: the consumer waits on the queue
+        try:
+            while self.endless:
+                step += 1
+                yield EngineDelta("x", (step,))
+                await asyncio.sleep(0.001)  # a decode step: the consumer waits on the queue
+        finally:
+            self.closed.append(request_id)
         for i, piece in enumerate(self.script):
             last = i == len(self.script) - 1
+            logprobs = (self.logprob,) if self.logprob and params.logprobs is not None else ()
             yield EngineDelta(piece, (100 + i,), self.finish if last else None,
-                              cached_tokens=7 if last else 0)
+                              cached_tokens=7 if last else 0, logprobs=logprobs)
             await asyncio.sleep(0)
 
     async def abort(self, request_ids: list[str]) -> None:
@@ -225,6 +233,7 @@ def test_closing_the_stream_aborts_every_engine_request(
         assert backend.stats().running == 2 and backend.stats().slots_total == 16
         await stream.aclose()
         await asyncio.sleep(0.01)  # the abort runs as its own task
+        assert sorted(engine.closed) == ["r1-0", "r1-1"]  # no engine stream left running
         return backend
 
     with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
@@ -237,7 +246,6 @@ def test_closing_the_stream_aborts_every_engine_request(
 def test_unsupported_requests_are_invalid_parameter_before_the_engine(tmp_path: Path) -> None:
     engine = FakeEngine()
     cases: list[tuple[GenerationRequest, str]] = [
-        (req(logprobs=LogprobsRequest(2)), "logprobs"),
         (req(echo=True), "echo"),
         (req(suffix="tail"), "suffix"),  # the fake vocabulary has no FIM tokens
         (req(TokenPrompt((5, 1000))), "prompt"),
@@ -276,7 +284,7 @@ def test_constraints_become_structured_outputs(tmp_path: Path) -> None:
 
 
 def test_fim_prompt_from_the_tokenizers_own_tokens(tmp_path: Path) -> None:
-    engine = FakeEngine(vocab={"<fim_prefix>": 1, "<fim_suffix>": 2, "<fim_middle>": 3})
+    engine = FakeEngine(vocab={"<fim_prefix>": 901, "<fim_suffix>": 902, "<fim_middle>": 903})
 
     async def go() -> VllmBackend:
         backend = await started(tmp_path, engine)
@@ -284,8 +292,10 @@ def test_fim_prompt_from_the_tokenizers_own_tokens(tmp_path: Path) -> None:
         return backend
 
     backend = run(go())
-    assert engine.tokenizer.calls[0][0] == \
-        "<fim_prefix>def f():\n<fim_suffix>\n    return x\n<fim_middle>"
+    tok = engine.tokenizer
+    assert engine.calls[0].prompt == [
+        *tok.encode("", True), 901, *tok.encode("def f():\n", False), 902,
+        *tok.encode("\n    return x\n", False), 903]
     assert backend.info.capabilities.fim
 
 
@@ -381,6 +391,7 @@ def test_stream_cancelled_by_the_server_aborts_even_inside_a_cancelled_scope(
                     scope.cancel()
         for _ in range(5):
             await asyncio.sleep(0)
+        assert engine.closed == ["r1"]  # no engine stream left running
         return backend
 
     with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
@@ -388,3 +399,35 @@ def test_stream_cancelled_by_the_server_aborts_even_inside_a_cancelled_scope(
     assert engine.aborted == ["r1"]
     assert backend.stats().running == 0 and backend.stats().cancelled == 1
     assert "r1: cancelled after" in caplog.text
+
+
+def test_logprobs_are_asked_for_and_carried_on_each_chunk(tmp_path: Path) -> None:
+    entry = TokenLogprob("Hel", (72, 101, 108), -0.5, top=(TopLogprob("Hel", (72,), -0.5),))
+    engine = FakeEngine(logprob=entry)
+
+    async def go() -> tuple[list[Chunk], list[Chunk]]:
+        backend = await started(tmp_path, engine)
+        plain = await collect(backend, req())
+        return plain, await collect(backend, req(logprobs=LogprobsRequest(3)))
+
+    plain, with_logprobs = run(go())
+    assert [c.params.logprobs for c in engine.calls] == [None, 3]
+    assert all(c.logprobs == () for c in plain)
+    texts = [c for c in with_logprobs if c.text]
+    assert texts and all(c.logprobs == (entry,) for c in texts)
+
+
+def test_fim_with_a_token_prompt_and_refused_for_chat(tmp_path: Path) -> None:
+    engine = FakeEngine(vocab={"<fim_prefix>": 901, "<fim_suffix>": 902, "<fim_middle>": 903})
+
+    async def go() -> None:
+        backend = await started(tmp_path, engine)
+        await collect(backend, req(TokenPrompt((5, 6)), suffix="z"))
+        with pytest.raises(InvalidParameter) as info:
+            await collect(backend, req(ChatPrompt((ChatMessage("user", "hi"),)), suffix="z"))
+        assert info.value.param == "suffix"
+
+    run(go())
+    tok = engine.tokenizer
+    assert engine.calls[0].prompt == [*tok.encode("", True), 901, 5, 6, 902,
+                                      *tok.encode("z", False), 903]
