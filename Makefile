@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 include vllm.mk
 
-.PHONY: serve test lint typecheck check bench clean
+.PHONY: serve test lint typecheck check bench bench-serve clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lokal needs Python >= 3.11")'
@@ -33,15 +33,21 @@ test: $(STAMP) lint typecheck
 	$(MAKE) test-vllm
 
 lint: $(STAMP)
-	$(BIN)/ruff check server backends tests bench
+	$(BIN)/ruff check server backends tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
 
+# Benchmarks, never part of `make test`; pass options with BENCH_ARGS='--reps 3'.
+# bench: lokal vs llama-cpp-python in-process, one stream. bench-serve: lokal vs llama-server
+# (built once into bench/.cache, ~10 min on 2 cores) vs llama-cpp-python's server, 1-16 clients.
 bench: $(STAMP)
-	$(BIN)/python bench/single_stream.py
+	$(BIN)/python bench/single_stream.py $(BENCH_ARGS)
+
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
 
 clean: clean-vllm
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
