@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 # whole); worth it only when it saves recomputing a good number of prompt tokens.
 COPY_MIN_GAIN = 256
 
+# ggml-cpu's flash attention takes a tiled path (F32 accumulation) for a sequence with at least
+# this many query tokens in a micro-batch and a row-by-row path (F16 accumulation) below it
+# (GGML_FA_TILE_Q in the llama.cpp that llama-cpp-python 0.3.36 vendors). A prompt token gets
+# the same KV values and logits whichever way its prompt is split, as long as it lands on the
+# same side of this threshold, and is not alone when it was not (one query token takes a path
+# of its own); that is what keeps cached and fresh evaluations bit-identical.
+FA_TILE_ROWS = 64
+
 
 @dataclass(slots=True)
 class Slot:
@@ -28,6 +36,29 @@ class Placement:
     """Another sequence holding a longer prefix; its cells are shared into `slot`."""
 
 
+def stable_reuse(common: int, n_prompt: int, chunk: int, tile: int = FA_TILE_ROWS) -> int:
+    """How many of `common` cached leading tokens a prompt of `n_prompt` tokens can keep so
+    that the tokens recomputed after them give exactly what a fresh evaluation gives.
+
+    A fresh evaluation feeds the prompt in chunks that end on multiples of `chunk`; a cached
+    one feeds [reuse, n_prompt) in chunks ending on the same multiples, so only the chunk that
+    holds token `reuse` is split differently. Its recomputed part must be on the same side of
+    `tile` rows as the whole chunk was (widened back to `tile` tokens where it would be
+    narrower), and be more than one token if the chunk was. Reuse is thus never more than
+    `tile` tokens short of the shared prefix (it used to be rounded down to whole chunks)."""
+    reuse = max(0, min(common, n_prompt - 1))
+    if reuse % chunk == 0:
+        return reuse
+    start = reuse // chunk * chunk
+    end = min(start + chunk, n_prompt)  # the fresh evaluation's chunk holding token `reuse`
+    fresh_rows = end - start
+    if fresh_rows >= tile:
+        return min(reuse, end - tile)
+    if end - reuse == 1 and fresh_rows > 1:
+        return reuse - 1  # one query token alone takes yet another path (KV split by thread)
+    return reuse
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -41,19 +72,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class SlotTable:
-    def __init__(self, n_slots: int, align: int) -> None:
+    def __init__(self, n_slots: int, chunk: int) -> None:
         self.slots = [Slot(i) for i in range(n_slots)]
-        self._align = align
+        self._chunk = chunk
 
     def free(self) -> list[Slot]:
         return [s for s in self.slots if not s.busy]
 
     def reusable(self, slot: Slot, prompt: list[int]) -> int:
-        """KV reuse is rounded down to the prompt batch size: the prompt's last batch then has
-        the shape a fresh evaluation would give it, so a repeated request (same seed, or
+        """Cached tokens `prompt` may keep from `slot`: a repeated request (same seed, or
         temperature 0) gets the same logits and the same text, cached or not."""
-        common = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
-        return common // self._align * self._align
+        return stable_reuse(common_prefix(slot.tokens, prompt), len(prompt), self._chunk)
 
     def place(self, prompt: list[int]) -> Placement:
         """Pick a free slot for `prompt` (the caller checked one is free)."""

@@ -1,0 +1,67 @@
+"""Prefix reuse on the llama.cpp backend: how much of a cached prefix a prompt may keep."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.llamacpp.cache import FA_TILE_ROWS, SlotTable, common_prefix, stable_reuse
+
+CHUNK = 128
+
+
+def fresh_chunks(n_prompt: int, chunk: int = CHUNK) -> list[range]:
+    return [range(s, min(s + chunk, n_prompt)) for s in range(0, n_prompt, chunk)]
+
+
+def cached_chunks(reuse: int, n_prompt: int, chunk: int = CHUNK) -> list[range]:
+    """How the scheduler feeds [reuse, n_prompt): chunks ending on multiples of `chunk`."""
+    out, start = [], reuse
+    while start < n_prompt:
+        end = min(n_prompt, (start // chunk + 1) * chunk)
+        out.append(range(start, end))
+        start = end
+    return out
+
+
+def kind(rows: int) -> str:
+    """The attention path ggml-cpu takes for a sequence with `rows` query tokens."""
+    return "one" if rows == 1 else "tiled" if rows >= FA_TILE_ROWS else "rows"
+
+
+def kinds(chunks: list[range]) -> dict[int, str]:
+    return {t: kind(len(c)) for c in chunks for t in c}
+
+
+@pytest.mark.parametrize("n_prompt", [2, 5, 38, 63, 64, 65, 127, 128, 129, 150, 191, 192, 193,
+                                      249, 256, 257, 267, 1500])
+def test_every_recomputed_token_takes_the_path_a_fresh_evaluation_gives_it(n_prompt: int) -> None:
+    fresh = kinds(fresh_chunks(n_prompt))
+    for common in range(n_prompt + 3):
+        reuse = stable_reuse(common, n_prompt, CHUNK)
+        assert 0 <= reuse <= min(common, n_prompt - 1)
+        assert reuse >= min(common, n_prompt - 1) - FA_TILE_ROWS  # never much short
+        recomputed = kinds(cached_chunks(reuse, n_prompt))
+        assert recomputed == {t: fresh[t] for t in recomputed}, (common, reuse)
+
+
+def test_reuse_keeps_more_than_whole_chunks() -> None:
+    # A 38-token chat prompt sharing 31 tokens (template and system prompt) with a cached one.
+    assert stable_reuse(31, 38, CHUNK) == 31
+    # Turn 2 of a conversation: 1,408 shared of 1,490; the last fresh chunk is tiled (82 rows).
+    assert stable_reuse(1480, 1490, CHUNK) == 1490 - FA_TILE_ROWS
+    # Reuse that would leave one token of a 22-row chunk alone recomputes two instead.
+    assert stable_reuse(149, 150, CHUNK) == 148
+    # Reuse landing early in a full chunk is widened back so that the rest stays tiled.
+    assert stable_reuse(250, 400, CHUNK) == 256 - FA_TILE_ROWS
+    assert stable_reuse(130, 400, CHUNK) == 130
+
+
+def test_slot_table_prefers_the_slot_with_the_longest_usable_prefix() -> None:
+    table = SlotTable(3, CHUNK)
+    prompt = list(range(200))
+    table.slots[0].tokens = list(range(50))
+    table.slots[1].tokens = [*range(190), 9999]
+    placement = table.place(prompt)
+    assert placement.slot is table.slots[1] and placement.copy_from is None
+    assert placement.reuse == stable_reuse(common_prefix(table.slots[1].tokens, prompt), 200,
+                                           CHUNK) == 200 - FA_TILE_ROWS
