@@ -73,7 +73,7 @@ class LlamaCppOptions(BaseModel):
 
     n_threads: int | None = Field(default=None, ge=1)
     n_batch: int = Field(default=128, ge=1,
-                         description="prompt tokens per step; also the prefix-reuse granularity")
+                         description="prompt tokens per scheduler step")
     parallel: int = Field(default=4, ge=1, le=256,
                           description="sequences decoded together (slots); each gets the full "
                           "context_length")
