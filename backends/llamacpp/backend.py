@@ -28,6 +28,7 @@ from backends.base import (
 )
 from backends.chat_template import ChatTemplate
 from backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter, NotReady
+from backends.llamacpp.cache import copy_min_gain
 from backends.llamacpp.embedder import Embedder
 from backends.llamacpp.grammar import constraint_grammar
 from backends.llamacpp.scheduler import Event, Job, Scheduler
@@ -109,7 +110,8 @@ class LlamaCppBackend:
             eos_token=self._token_text(self._model.token_eos()),
         )
         self._scheduler = Scheduler(self._model, self._ctx, n_slots=opts.parallel,
-                                    prompt_budget=opts.n_batch, max_waiting=opts.max_waiting)
+                                    prompt_budget=opts.n_batch, max_waiting=opts.max_waiting,
+                                    copy_min_gain=copy_min_gain(self._spec.context_length))
         self._scheduler.start()
         self._info = dataclasses.replace(self._info, capabilities=dataclasses.replace(
             self._info.capabilities, fim=self._fim is not None,

@@ -79,14 +79,14 @@ class Scheduler:
     """Owns a llama.cpp context with `n_slots` sequences in one unified KV cache."""
 
     def __init__(self, model: Any, ctx: Any, *, n_slots: int, prompt_budget: int,
-                 max_waiting: int) -> None:
+                 max_waiting: int, copy_min_gain: int) -> None:
         self._model = model
         self._ctx = ctx
         self._vocab = model.vocab
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
         self._mem = llama_cpp.llama_get_memory(ctx)
         self._budget = prompt_budget
-        self._slots = SlotTable(n_slots, prompt_budget)
+        self._slots = SlotTable(n_slots, prompt_budget, copy_min_gain)
         self._batch = llama_cpp.llama_batch_init(prompt_budget + n_slots, 0, 1)
         self._max_waiting = max_waiting
         self._waiting: deque[Job] = deque()

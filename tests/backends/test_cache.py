@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from backends.llamacpp.cache import FA_TILE_ROWS, SlotTable, common_prefix, stable_reuse
+from backends.llamacpp.cache import (
+    FA_TILE_ROWS,
+    SlotTable,
+    common_prefix,
+    copy_min_gain,
+    stable_reuse,
+)
 
 CHUNK = 128
 
@@ -57,7 +63,7 @@ def test_reuse_keeps_more_than_whole_chunks() -> None:
 
 
 def test_slot_table_prefers_the_slot_with_the_longest_usable_prefix() -> None:
-    table = SlotTable(3, CHUNK)
+    table = SlotTable(3, CHUNK, copy_min_gain(8192))
     prompt = list(range(200))
     table.slots[0].tokens = list(range(50))
     table.slots[1].tokens = [*range(190), 9999]
@@ -65,3 +71,16 @@ def test_slot_table_prefers_the_slot_with_the_longest_usable_prefix() -> None:
     assert placement.slot is table.slots[1] and placement.copy_from is None
     assert placement.reuse == stable_reuse(common_prefix(table.slots[1].tokens, prompt), 200,
                                            CHUNK) == 200 - FA_TILE_ROWS
+
+
+def test_a_busy_slot_holding_the_prefix_is_copied_when_that_saves_enough() -> None:
+    table = SlotTable(3, CHUNK, copy_min_gain(8192))
+    prompt = list(range(50))
+    table.slots[0].tokens = list(range(40))  # the shared template and system prompt
+    table.claim(table.slots[0])  # busy: its request is still running
+    placement = table.place(prompt)
+    assert placement.copy_from is table.slots[0] and placement.reuse == 40
+    assert placement.slot is not table.slots[0]
+    table.slots[0].tokens = list(range(10))  # too little to pay for copying a whole stream
+    assert table.place(prompt).copy_from is None
+    assert copy_min_gain(8192) == 16 and copy_min_gain(65536) == 128
