@@ -170,6 +170,9 @@ class BackendStats:
     kv_cells_total: int = 0
     prefix_cache_hit_tokens: int = 0
     cancelled: int = 0
+    engine_error: str | None = None
+    """Why the engine can no longer serve (its thread or process died); None while it can.
+    Permanent: only a restart brings it back, so liveness and readiness both fail."""
 
 
 @runtime_checkable

@@ -67,6 +67,11 @@ class NotReady(BackendError):
         self.retry_after = retry_after
 
 
+class EngineDown(BackendError):
+    """The engine died (its thread or process is gone): 503 until lokal is restarted, and
+    /health/live fails so that an orchestrator restarts it."""
+
+
 class EngineFailure(BackendError):
     """A real fault inside the engine; the message is logged, not shown."""
 

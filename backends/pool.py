@@ -72,3 +72,13 @@ class ModelPool:
 
     def models(self) -> list[ModelInfo]:
         return [b.info for b in self._backends.values()]
+
+    def engine_errors(self) -> dict[str, str]:
+        """Models whose engine died, and why (see BackendStats.engine_error)."""
+        errors: dict[str, str] = {}
+        for model_id, backend in self._backends.items():
+            stats = getattr(backend, "stats", None)
+            error = stats().engine_error if callable(stats) else None
+            if error is not None:
+                errors[model_id] = error
+        return errors

@@ -15,6 +15,7 @@ from backends.errors import (
     BackendError,
     Busy,
     ContextLengthExceeded,
+    EngineDown,
     EngineFailure,
     InvalidParameter,
     ModelNotFound,
@@ -67,6 +68,9 @@ def to_api_error(exc: BaseException, request_id: str) -> APIError:
     if isinstance(exc, NotReady):
         return APIError(503, exc.message, type="server_error", code="model_not_ready",
                         headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, EngineDown):
+        return APIError(503, f"{exc.message}; the server must be restarted", type="server_error",
+                        code="engine_down")
     if isinstance(exc, EngineFailure | BackendError):
         logger.error("request %s: engine failure: %s", request_id, exc)
     else:

@@ -125,6 +125,8 @@ class EngineCollector(Collector):
                                labels=["model"])
         hits = CounterMetricFamily("lokal_prefix_cache_hit_tokens",
                                    "Prompt tokens reused from the prefix cache", labels=["model"])
+        up = GaugeMetricFamily("lokal_engine_up", "1 while the model's engine can serve, 0 once "
+                               "it died (a restart is needed)", labels=["model"])
         cancelled = CounterMetricFamily("lokal_requests_cancelled",
                                         "Generations stopped early (client gone, timeout, "
                                         "shutdown)", labels=["model"])
@@ -141,7 +143,8 @@ class EngineCollector(Collector):
                 kv.add_metric([model.id], stats.kv_cells_used / stats.kv_cells_total)
             hits.add_metric([model.id], stats.prefix_cache_hit_tokens)
             cancelled.add_metric([model.id], stats.cancelled)
-        yield from (info, ready, running, waiting, slots, kv, hits, cancelled)
+            up.add_metric([model.id], 0.0 if stats.engine_error else 1.0)
+        yield from (info, ready, running, waiting, slots, kv, hits, cancelled, up)
 
 
 class RequestMetricsMiddleware:

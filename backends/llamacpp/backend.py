@@ -27,7 +27,13 @@ from backends.base import (
     Usage,
 )
 from backends.chat_template import ChatTemplate
-from backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter, NotReady
+from backends.errors import (
+    ContextLengthExceeded,
+    EngineDown,
+    EngineFailure,
+    InvalidParameter,
+    NotReady,
+)
 from backends.llamacpp.cache import copy_min_gain
 from backends.llamacpp.embedder import Embedder
 from backends.llamacpp.grammar import constraint_grammar
@@ -182,6 +188,7 @@ class LlamaCppBackend:
             kv_cells_total=scheduler.n_slots * self._spec.context_length,
             prefix_cache_hit_tokens=scheduler.cached_tokens_total,
             cancelled=scheduler.cancelled_total,
+            engine_error=scheduler.error,
         )
 
     async def stop(self) -> None:
@@ -308,6 +315,8 @@ class LlamaCppBackend:
             while remaining:
                 event = await events.get()
                 if event.error is not None:
+                    if scheduler.error is not None:
+                        raise EngineDown(scheduler.error)
                     raise EngineFailure(event.error)
                 if event.finish_reason is None:
                     yield Chunk(event.index, event.text, event.token_ids,

@@ -16,7 +16,7 @@ import llama_cpp
 import numpy as np
 
 from backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
-from backends.errors import Busy
+from backends.errors import Busy, EngineDown
 from backends.llamacpp.cache import Placement, Slot, SlotTable
 from backends.llamacpp.sampling import SamplerChain
 from backends.stops import StopMatcher
@@ -93,6 +93,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._active: list[_Seq] = []
         self._stopping = False
+        self._dead: str | None = None
         self._thread = threading.Thread(target=self._run, name="lokal-llamacpp", daemon=True)
         self.cached_tokens_total = 0
         self.cancelled_total = 0
@@ -110,8 +111,19 @@ class Scheduler:
         if not self._thread.is_alive():
             llama_cpp.llama_batch_free(self._batch)
 
+    @property
+    def error(self) -> str | None:
+        """Why this engine can no longer serve: its thread ended without being stopped."""
+        if self._dead is None and self._thread.ident is not None \
+                and not self._thread.is_alive() and not self._stopping:
+            return "the llama.cpp engine thread stopped"
+        return self._dead
+
     def submit(self, job: Job) -> None:
         with self._cond:
+            error = self.error
+            if error is not None:
+                raise EngineDown(error)
             live = sum(1 for j in self._waiting if not j.cancelled.is_set())
             if live >= self._max_waiting:
                 raise Busy(f"{live} requests are already waiting for this model", retry_after=1)
@@ -136,23 +148,30 @@ class Scheduler:
     # -- the engine thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not self._active and not self._waiting:
-                    self._cond.wait()
-                if self._stopping:
-                    break
-                self._admit()
-            self._drop_cancelled()
-            if not self._active:
-                continue
-            try:
-                self._step()
-            except Exception:
-                logger.exception("llama.cpp engine fault; failing the running requests")
-                self._fail_all("llama.cpp engine fault")
-        for seq in self._active:
-            seq.sampler.close()
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._active and not self._waiting:
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                try:
+                    with self._cond:
+                        self._admit()
+                    self._drop_cancelled()
+                    if self._active:
+                        self._step()
+                except Exception:
+                    # A fault fails the requests it touched; the engine goes on serving.
+                    logger.exception("llama.cpp engine fault; failing the running requests")
+                    self._fail_all("llama.cpp engine fault")
+        except BaseException:
+            # Not re-raised: logged here, and reported by `error` (health, metrics, 503s).
+            logger.critical("the llama.cpp engine thread died", exc_info=True)
+            self._die("the llama.cpp engine thread died")
+        finally:
+            for seq in self._active:
+                seq.sampler.close()
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order (called with the lock held)."""
@@ -337,6 +356,19 @@ class Scheduler:
             # A sibling that never got the prompt's cells holds nothing reusable.
             seq.slot.tokens.clear()
             llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, 0, -1)
+
+    def _die(self, message: str) -> None:
+        """Answer everyone still waiting or running: nobody is left to serve them."""
+        with self._cond:
+            self._dead = message
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for job in waiting:
+            job.emit(Event(0, error=message))
+        try:
+            self._fail_all(message)
+        except Exception:
+            logger.exception("clean-up after the engine thread died failed")
 
     def _fail_all(self, message: str) -> None:
         for seq in list(self._active):

@@ -29,6 +29,7 @@ from backends.errors import (
     BackendError,
     BackendUnavailable,
     ContextLengthExceeded,
+    EngineDown,
     EngineFailure,
     InvalidParameter,
     NotReady,
@@ -135,9 +136,11 @@ class VllmBackend:
 
     def stats(self) -> BackendStats:
         slots = self._engine.max_num_seqs if self._engine is not None else 1
+        dead = self._engine is not None and self._engine.errored
         return BackendStats(running=self._running, slots_total=slots,
                             prefix_cache_hit_tokens=self._cached_tokens,
-                            cancelled=self._cancelled)
+                            cancelled=self._cancelled,
+                            engine_error="the vLLM engine core died" if dead else None)
 
     def _tokenize(self, engine: Engine, request: GenerationRequest) -> list[int]:
         if request.suffix is not None:
@@ -212,6 +215,8 @@ class VllmBackend:
         engine = self._engine
         if engine is None:
             raise NotReady("the model is not loaded yet")
+        if engine.errored:
+            raise EngineDown("the vLLM engine core died")
         if request.n < 1:
             raise InvalidParameter("n must be at least 1", param="n")
         prompt = await asyncio.to_thread(self._tokenize, engine, request)

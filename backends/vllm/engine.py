@@ -76,6 +76,11 @@ class Engine(Protocol):
 
     async def abort(self, request_ids: list[str]) -> None: ...
 
+    @property
+    def errored(self) -> bool:
+        """The engine core died; no request can be served any more."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
@@ -149,6 +154,10 @@ class VllmEngine:
 
     async def abort(self, request_ids: list[str]) -> None:
         await self._llm.abort(request_ids)
+
+    @property
+    def errored(self) -> bool:
+        return bool(self._llm.errored)
 
     def shutdown(self) -> None:
         self._llm.shutdown()

@@ -83,6 +83,7 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     shut: bool = False
+    errored: bool = False
 
     def __post_init__(self) -> None:
         self.tokenizer = FakeTokenizer(self.vocab)

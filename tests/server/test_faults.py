@@ -3,13 +3,14 @@ internals, mid-stream failures as one SSE error event then [DONE], and error map
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 
 from backends.base import BackendStats, Capabilities, Chunk, GenerationRequest, ModelInfo, Usage
-from backends.errors import Busy, EngineFailure, InvalidParameter
+from backends.errors import Busy, EngineDown, EngineFailure, InvalidParameter
 from backends.hardware import Hardware
 from backends.pool import ModelPool
 from backends.spec import ModelSpec
@@ -35,7 +36,7 @@ class FaultyBackend:
         pass
 
     def stats(self) -> BackendStats:
-        return BackendStats()
+        return BackendStats(engine_error="engine process gone" if self.mode == "dead" else None)
 
     async def stop(self) -> None:
         pass
@@ -46,6 +47,8 @@ class FaultyBackend:
                 raise RuntimeError("segfault-ish detail /secret/path")
             if self.mode == "busy":
                 raise Busy("queue full", retry_after=3)
+            if self.mode == "dead":
+                raise EngineDown("engine process gone")
             yield Chunk(0, "partial")
             if self.mode == "midstream":
                 raise EngineFailure("decode failed: internal detail")
@@ -83,6 +86,14 @@ def _wait_ready(client: TestClient) -> None:
 
         time.sleep(0.01)
     raise AssertionError("fake pool never became ready")
+
+
+def _wait_loaded(client: TestClient) -> None:
+    for _ in range(100):
+        if "lokal_ready 1.0" in client.get("/metrics").text:
+            return
+        time.sleep(0.01)
+    raise AssertionError("fake pool never loaded")
 
 
 def test_engine_crash_is_500_with_request_id_and_no_internals() -> None:
@@ -126,6 +137,31 @@ def test_midstream_failure_is_one_error_event_then_done() -> None:
         contents = [json.loads(d)["choices"][0]["delta"]["content"] for d in data[:-2]]
         assert contents == ["", "partial"]
         assert backend.closed
+
+
+def test_a_dead_engine_fails_liveness_readiness_and_requests_with_503() -> None:
+    client, _ = _client("dead")
+    with client:
+        _wait_loaded(client)  # loaded, but dead: readiness never turns 200
+        for path in ("/health/live", "/health/ready", "/health"):
+            r = client.get(path)
+            assert r.status_code == 503, path
+            assert r.json() == {"status": "engine_down",
+                                "errors": {"faulty": "engine process gone"}}
+        assert 'lokal_engine_up{model="faulty"} 0.0' in client.get("/metrics").text
+        r = client.post("/v1/chat/completions", json=BODY)
+        assert r.status_code == 503
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"]["code"] == "engine_down"
+        assert "restart" in r.json()["error"]["message"]
+
+
+def test_a_healthy_engine_reports_up() -> None:
+    client, _ = _client("ok")
+    with client:
+        _wait_ready(client)
+        assert client.get("/health/live").json() == {"status": "ok"}
+        assert 'lokal_engine_up{model="faulty"} 1.0' in client.get("/metrics").text
 
 
 def test_not_ready_is_503_with_retry_after() -> None:
