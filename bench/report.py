@@ -99,12 +99,14 @@ def render_markdown(facts: Mapping[str, str], results: Sequence[Result]) -> str:
              f"- threads {facts['threads']}, context per request {facts['context']}, "
              f"slots {facts.get('slots', 'n/a')}; {facts['max_tokens']} completion tokens per "
              f"request, temperature 0, seed 1234; {facts['rounds']} requests per client, at "
-             f"least {facts['min_requests']} per level", ""]
+             f"least {facts['min_requests']} per level; every level run "
+             f"{facts.get('interleave', '1')} times per server, servers in alternating order, "
+             "requests pooled", ""]
     lines += ["Aggregate completion tokens/s = completion tokens of all requests of a level ÷ "
-              "wall time of the level; TTFT = request sent to first content chunk; ITL = gaps "
-              "between content chunks, all requests pooled; other load = CPU cores used by "
-              "processes other than the benchmark and the server under test meanwhile (noise; "
-              "0 = quiet machine).", ""]
+              "wall time of the level (its runs added up); TTFT = request sent to first content "
+              "chunk; ITL = gaps between content chunks, all requests pooled; other load = "
+              "CPU cores used by processes other than the benchmark and the server under test "
+              "meanwhile (noise; 0 = quiet machine).", ""]
     lines += [*_level_table(results), ""]
     ratios = _ratio_table(results)
     if ratios:

@@ -3,11 +3,15 @@ run, on one GGUF, with the same threads, per-request context and parallel slots.
 
     .venv/bin/python bench/serve_bench.py [--clients 1,4,8,16] [--rounds 2] [--lokal-ref HEAD]
 
-Each server in turn is started on 127.0.0.1, driven by 1, 4, 8 and 16 concurrent streaming chat
-clients (each request 128 completion tokens, temperature 0, a fixed seed; `rounds` requests per
-client, at least `--min-requests` per level), then measured for prefix reuse: time to first token
-of turn 2 of a ~1,500-token conversation right after turn 1 (warm), after one unrelated long
-prompt, and on a freshly started server (cold). Then it is stopped. llama-server is built once
+All servers are started on 127.0.0.1 and driven, one at a time, by 1, 4, 8 and 16 concurrent
+streaming chat clients (each request 128 completion tokens, temperature 0, a fixed seed; `rounds`
+requests per client, at least `--min-requests` per level). Every level runs `--interleave` times
+per server, alternating the order of the servers (A B C, C B A, ...), and the requests of those
+runs are pooled: the speed of this shared machine drifts by 10-20% over minutes, and
+interleaving spreads the drift over all servers instead of charging it to whichever ran during
+a slow spell. Then each server in turn is measured for prefix reuse: time to first token of turn
+2 of a ~1,500-token conversation right after turn 1 (warm), after one unrelated long prompt, and
+on a freshly started server (cold). llama-server is built once
 from the llama.cpp vendored in the llama-cpp-python sdist lokal runs on (bench/.cache).
 Prints aggregate completion tokens/s, time to first token and inter-token latency p50/p95 per
 server and lokal's ratios; writes JSON and Markdown under bench/out/.
@@ -23,6 +27,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -241,6 +246,71 @@ def prefix_rep(server: ServerProcess, model: str, rep: int, attempt: int,
     return prefix, turn2
 
 
+def pooled(runs: list[Level]) -> Level:
+    """One level from several runs of it: requests, tokens and wall time added up."""
+    return Level(clients=runs[0].clients, requests=sum(r.requests for r in runs),
+                 wall_s=sum(r.wall_s for r in runs), tokens=sum(r.tokens for r in runs),
+                 ttfts=[t for r in runs for t in r.ttfts], gaps=[g for r in runs for g in r.gaps],
+                 errors=[e for r in runs for e in r.errors], short=sum(r.short for r in runs),
+                 foreign_cores=max(r.foreign_cores for r in runs))
+
+
+def measure_levels(targets: list[Target], model: str, args: argparse.Namespace,
+                   deadline: float) -> dict[str, ServerResult]:
+    """Every concurrency level on every server, `--interleave` times, alternating the order of
+    the servers, with all of them started (idle ones use no CPU) and each run pooled."""
+    results = {t.name: ServerResult(t.name, t.flags) for t in targets}
+    with ExitStack() as stack:
+        running: list[tuple[Target, ServerProcess]] = []
+        for target in targets:
+            wait_until_quiet(args.quiet_cores, args.quiet_wait)
+            server = stack.enter_context(target.make(free_port()).running())
+            if target.on_ready is not None:
+                target.on_ready(server.base_url)
+            result = results[target.name]
+            result.flags, result.started_in_s = target.flags, server.started_in_s
+            print(f"[{target.name}] ready in {server.started_in_s:.1f}s: {target.flags}",
+                  flush=True)
+            asyncio.run(one_chat(server.base_url, model, [{"role": "user", "content": "Hi."}], 8,
+                                 args.timeout))  # warm-up, not measured
+            running.append((target, server))
+        for clients in args.clients:
+            requests = max(clients * args.rounds, args.min_requests)
+            runs: dict[str, list[Level]] = {t.name: [] for t in targets}
+            for rep in range(args.interleave):
+                for target, server in running if rep % 2 == 0 else running[::-1]:
+                    def level_run(_attempt: int, server: ServerProcess = server,
+                                  clients: int = clients, requests: int = requests) -> tuple[
+                            Level, float]:
+                        meter = CpuMeter([pid for pid in (server.pid,) if pid is not None])
+                        level = asyncio.run(drive(server.base_url, model, clients, requests,
+                                                  args.max_tokens, args.timeout,
+                                                  args.level_timeout))
+                        level.foreign_cores = meter.foreign_cores()
+                        cut_off = len(level.ttfts) < requests
+                        return level, float("inf") if cut_off else level.foreign_cores
+
+                    label = f"{target.name} {clients} clients, run {rep + 1}"
+                    level = quietly(label, level_run, args, deadline)
+                    if level is None:
+                        continue
+                    runs[target.name].append(level)
+                    s = level.stats()
+                    print(f"[{target.name}] {clients:>2} clients, run {rep + 1}, {requests} "
+                          f"requests: {s['tps']:.1f} tok/s, TTFT p50 {s['ttft_p50_ms']:.0f} ms "
+                          f"p95 {s['ttft_p95_ms']:.0f} ms, ITL p50 {s['itl_p50_ms']:.1f} ms, "
+                          f"errors {len(level.errors)}, short {level.short}, "
+                          f"other load {level.foreign_cores:.2f} cores", flush=True)
+            for name, levels in runs.items():
+                if len(levels) < args.interleave:
+                    results[name].skipped.append(
+                        f"{clients} clients: {args.interleave - len(levels)} of "
+                        f"{args.interleave} runs (time budget spent)")
+                if levels:
+                    results[name].levels.append(pooled(levels))
+    return results
+
+
 def measure(target: Target, model: str, args: argparse.Namespace,
             deadline: float) -> ServerResult:
     """Concurrency levels and warm/evicted prefix reuse on one running server, then cold
@@ -344,6 +414,9 @@ def parse_args() -> argparse.Namespace:
                         help="requests per client at each level (default 2)")
     parser.add_argument("--min-requests", type=int, default=4,
                         help="at least this many requests per level (default 4)")
+    parser.add_argument("--interleave", type=int, default=2,
+                        help="runs of every level per server, servers in alternating order, "
+                             "pooled (default 2)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--prefix-reps", type=int, default=3)
     parser.add_argument("--prefix-words", type=int, default=1250,
@@ -381,6 +454,8 @@ def parse_args() -> argparse.Namespace:
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not all(1 <= c <= 256 for c in args.clients) or not 1 <= args.rounds <= 100:
         parser.error("--clients must be 1..256 each and --rounds 1..100")
+    if not 1 <= args.interleave <= 20:
+        parser.error("--interleave must be 1..20")
     if not 1 <= args.max_tokens <= 4096 or not 0 <= args.prefix_reps <= 20:
         parser.error("--max-tokens must be 1..4096 and --prefix-reps 0..20")
     return args
@@ -406,7 +481,8 @@ def main() -> int:
     facts = {**machine_facts(), "lokal": lokal_code_state(lokal_dir, args.lokal_ref),
              "llama_cpp_python": version, "gguf": gguf, "threads": str(threads),
              "context": str(ctx), "max_tokens": str(args.max_tokens),
-             "rounds": str(args.rounds), "min_requests": str(args.min_requests)}
+             "rounds": str(args.rounds), "min_requests": str(args.min_requests),
+             "interleave": str(args.interleave)}
     print(f"load average before: {facts['load_average']}", flush=True)
     binary = llama_server_binary(version, args.build_jobs) if "llama-server" in args.servers \
         else None
@@ -458,14 +534,33 @@ def main() -> int:
         target.on_ready = on_ready
         return target
 
+    def llama_server_target() -> Target:
+        target = Target("llama-server", make_llama_server, "")
+
+        def on_ready(_base_url: str) -> None:  # the flags as started, slots known by then
+            target.flags = "llama-server " + " ".join(server_flags())
+
+        target.on_ready = on_ready
+        return target
+
     targets: dict[str, Callable[[], Target]] = {
         "lokal": lokal_target,
-        "llama-server": lambda: Target("llama-server", make_llama_server,
-                                       "llama-server " + " ".join(server_flags())),
+        "llama-server": llama_server_target,
         "llama-cpp-python": lambda: Target(
             "llama-cpp-python", make_llama_cpp_python,
             "python -m llama_cpp.server " + " ".join(llama_cpp_python_flags))}
-    results = [measure(targets[name](), model, args, deadline) for name in args.servers]
+    chosen = [targets[name]() for name in args.servers]
+    levels = measure_levels(chosen, model, args, deadline)
+    clients, args.clients = args.clients, []  # measure() does prefix reuse only from here
+    results = []
+    for target in chosen:
+        result = measure(target, model, args, deadline) if args.prefix_reps else \
+            ServerResult(target.name, target.flags)
+        found = levels[target.name]
+        result.levels, result.skipped = found.levels, found.skipped + result.skipped
+        result.started_in_s = found.started_in_s
+        results.append(result)
+    args.clients = clients
     facts["slots"] = str(slots[0])
     facts["load_average_after"] = machine_facts()["load_average"]
     text = render_markdown(facts, [asdict(r) | {"level_stats": [lv.stats() for lv in r.levels]}
