@@ -92,16 +92,21 @@ class SlotTable:
 
     def place(self, prompt: list[int]) -> Placement:
         """Pick a free slot for `prompt` (the caller checked one is free)."""
-        free = self.free()
-        best_free = max(free, key=lambda s: (self.reusable(s, prompt), -s.last_used))
-        own = self.reusable(best_free, prompt)
-        donor = max(self.slots, key=lambda s: self.reusable(s, prompt))
-        shared = self.reusable(donor, prompt)
+        reuse = {s.seq_id: self.reusable(s, prompt) for s in self.slots}
+
+        def worth(slot: Slot) -> tuple[float, float]:
+            # Taking a slot keeps `reuse` of its cached tokens and discards the rest, which a
+            # later request might have reused (the rest of a long conversation, say): count
+            # each discarded token half a reused one. Ties go to the least recently used.
+            kept = reuse[slot.seq_id]
+            return kept - 0.5 * (len(slot.tokens) - kept), -slot.last_used
+
+        best_free = max(self.free(), key=worth)
+        own = reuse[best_free.seq_id]
+        donor = max(self.slots, key=lambda s: reuse[s.seq_id])
+        shared = reuse[donor.seq_id]
         if donor is not best_free and shared - own >= self._copy_min_gain:
             return Placement(best_free, shared, donor)
-        if own == 0:
-            # Nothing to reuse: take the least recently used slot, keeping warmer caches.
-            best_free = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
         return Placement(best_free, own, None)
 
     def claim(self, slot: Slot) -> None:

@@ -84,3 +84,20 @@ def test_a_busy_slot_holding_the_prefix_is_copied_when_that_saves_enough() -> No
     table.slots[0].tokens = list(range(10))  # too little to pay for copying a whole stream
     assert table.place(prompt).copy_from is None
     assert copy_min_gain(8192) == 16 and copy_min_gain(65536) == 128
+
+
+def test_a_short_shared_prefix_does_not_evict_a_long_conversation() -> None:
+    table = SlotTable(3, CHUNK, copy_min_gain(8192))
+    system = list(range(30))  # the chat template's default system prompt, shared by all
+    conversation = [*system, *range(1000, 2400)]
+    table.slots[0].tokens = list(conversation)
+    table.release(table.slots[0])
+    unrelated = [*system, *range(5000, 5900)]
+    placement = table.place(unrelated)
+    assert placement.slot is not table.slots[0]  # an empty slot, its prefix copied
+    assert placement.copy_from is table.slots[0] and placement.reuse == 30
+    # The conversation's next turn still finds all of it.
+    table.slots[1].tokens, table.slots[2].tokens = list(unrelated), [*system, 7, 8]
+    nxt = table.place([*conversation, *range(3000, 3050)])
+    assert nxt.slot is table.slots[0] and nxt.copy_from is None
+    assert nxt.reuse >= len(conversation) - FA_TILE_ROWS
