@@ -184,7 +184,13 @@ class Scheduler:
             if free < job.n:
                 return
             self._waiting.popleft()
-            self._start(job)
+            try:
+                self._start(job)
+            except Exception:
+                logger.exception("request %s: could not be started", job.request_id)
+                job.emit(Event(0, error="the request could not be started"))
+                for seq in [s for s in self._active if s.job is job]:
+                    self._release(seq)
 
     def _start(self, job: Job) -> None:
         try:
@@ -196,8 +202,8 @@ class Scheduler:
             return
         placement = self._slots.place(job.prompt)
         leader_slot = placement.slot
-        self._slots.claim(leader_slot)
         self._prepare_slot(placement)
+        self._slots.claim(leader_slot)
         self.cached_tokens_total += placement.reuse
         waited = time.monotonic() - job.enqueued_at
         for index in range(job.n):

@@ -63,6 +63,29 @@ def test_a_fault_fails_its_requests_and_the_engine_goes_on(
     assert backend.stats().engine_error is None
 
 
+def test_a_request_that_cannot_be_started_is_answered_and_leaks_no_slot(
+        backend: LlamaCppBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler: Any = backend._scheduler
+    real_prepare = scheduler._prepare_slot
+    calls = {"n": 0}
+
+    def flaky_prepare(placement: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected admission fault")
+        real_prepare(placement)
+
+    monkeypatch.setattr(scheduler, "_prepare_slot", flaky_prepare)
+    with pytest.raises(EngineFailure):
+        asyncio.run(_run(backend, 1))
+
+    async def both_slots() -> list[int]:
+        return list(await asyncio.gather(_run(backend, 2), _run(backend, 3)))
+
+    assert all(n > 0 for n in asyncio.run(asyncio.wait_for(both_slots(), 30)))
+    assert backend.stats().running == 0 and backend.stats().engine_error is None
+
+
 def test_a_dead_engine_thread_answers_everyone_and_refuses_new_work(
         backend: LlamaCppBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     scheduler: Any = backend._scheduler
