@@ -170,6 +170,11 @@ class BackendStats:
     kv_cells_total: int = 0
     prefix_cache_hit_tokens: int = 0
     cancelled: int = 0
+    ram_cache_bytes: int = 0
+    """Host RAM held by KV saved from evicted slots (llama.cpp's prompt cache)."""
+    ram_cache_hit_tokens: int = 0
+    """Prompt tokens restored from that cache instead of recomputed (also counted in
+    prefix_cache_hit_tokens)."""
     engine_error: str | None = None
     """Why the engine can no longer serve (its thread or process died); None while it can.
     Permanent: only a restart brings it back, so liveness and readiness both fail."""

@@ -79,6 +79,9 @@ class LlamaCppOptions(BaseModel):
                           "context_length")
     max_waiting: int = Field(default=64, ge=0, description="requests queued beyond the slots "
                              "before 429")
+    prompt_cache_mib: int = Field(default=1024, ge=0,
+                                  description="host RAM for KV of prompts evicted from the slots, "
+                                  "restored when a later request shares their prefix (0: off)")
 
 
 class EmbeddingOptions(BaseModel):

@@ -125,6 +125,11 @@ class EngineCollector(Collector):
                                labels=["model"])
         hits = CounterMetricFamily("lokal_prefix_cache_hit_tokens",
                                    "Prompt tokens reused from the prefix cache", labels=["model"])
+        ram = GaugeMetricFamily("lokal_prompt_cache_ram_bytes", "Host RAM holding KV saved "
+                                "from evicted slots, restored for a later matching prefix",
+                                labels=["model"])
+        ram_hits = CounterMetricFamily("lokal_prompt_cache_ram_hit_tokens", "Prompt tokens "
+                                       "restored from the RAM prompt cache", labels=["model"])
         up = GaugeMetricFamily("lokal_engine_up", "1 while the model's engine can serve, 0 once "
                                "it died (a restart is needed)", labels=["model"])
         cancelled = CounterMetricFamily("lokal_requests_cancelled",
@@ -144,7 +149,9 @@ class EngineCollector(Collector):
             hits.add_metric([model.id], stats.prefix_cache_hit_tokens)
             cancelled.add_metric([model.id], stats.cancelled)
             up.add_metric([model.id], 0.0 if stats.engine_error else 1.0)
-        yield from (info, ready, running, waiting, slots, kv, hits, cancelled, up)
+            ram.add_metric([model.id], stats.ram_cache_bytes)
+            ram_hits.add_metric([model.id], stats.ram_cache_hit_tokens)
+        yield from (info, ready, running, waiting, slots, kv, hits, cancelled, up, ram, ram_hits)
 
 
 class RequestMetricsMiddleware:

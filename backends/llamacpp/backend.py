@@ -117,7 +117,8 @@ class LlamaCppBackend:
         )
         self._scheduler = Scheduler(self._model, self._ctx, n_slots=opts.parallel,
                                     prompt_budget=opts.n_batch, max_waiting=opts.max_waiting,
-                                    copy_min_gain=copy_min_gain(self._spec.context_length))
+                                    copy_min_gain=copy_min_gain(self._spec.context_length),
+                                    prompt_cache_bytes=opts.prompt_cache_mib * 2**20)
         self._scheduler.start()
         self._info = dataclasses.replace(self._info, capabilities=dataclasses.replace(
             self._info.capabilities, fim=self._fim is not None,
@@ -188,6 +189,8 @@ class LlamaCppBackend:
             kv_cells_total=scheduler.n_slots * self._spec.context_length,
             prefix_cache_hit_tokens=scheduler.cached_tokens_total,
             cancelled=scheduler.cancelled_total,
+            ram_cache_bytes=scheduler.ram_cache_bytes,
+            ram_cache_hit_tokens=scheduler.ram_hit_tokens_total,
             engine_error=scheduler.error,
         )
 

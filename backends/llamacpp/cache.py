@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def copy_min_gain(context_length: int) -> int:
@@ -39,6 +41,8 @@ class Placement:
     """Leading prompt tokens whose KV cells are kept (or copied) instead of recomputed."""
     copy_from: Slot | None
     """Another sequence holding a longer prefix; its cells are shared into `slot`."""
+    restore: Saved | None = None
+    """KV saved in host RAM holding a longer prefix; its cells are restored into `slot`."""
 
 
 def stable_reuse(common: int, n_prompt: int, chunk: int, tile: int = FA_TILE_ROWS) -> int:
@@ -109,6 +113,11 @@ class SlotTable:
             return Placement(best_free, shared, donor)
         return Placement(best_free, own, None)
 
+    def spare(self) -> Slot:
+        """The free slot whose cache is cheapest to lose: the emptiest, then the least recently
+        used (the caller checked one is free)."""
+        return min(self.free(), key=lambda s: (len(s.tokens), s.last_used))
+
     def claim(self, slot: Slot) -> None:
         slot.busy = True
         slot.last_used = time.monotonic()
@@ -116,3 +125,64 @@ class SlotTable:
     def release(self, slot: Slot) -> None:
         slot.busy = False
         slot.last_used = time.monotonic()
+
+
+@dataclass(slots=True)
+class Saved:
+    """The KV cells of one sequence, serialised by llama.cpp (`llama_state_seq_get_data`)."""
+
+    tokens: list[int]
+    data: Any
+    """A ctypes byte array, restored with `llama_state_seq_set_data`."""
+    size: int
+
+
+class PromptCache:
+    """Host-RAM store of KV that slots had to discard, least recently used out first. A request
+    whose prefix is here gets the cells restored (about 1 ms for 300 tokens) instead of
+    recomputed (about 4.7 ms per token on 2 cores)."""
+
+    def __init__(self, capacity_bytes: int, chunk: int) -> None:
+        self.capacity = capacity_bytes
+        self._chunk = chunk
+        self._entries: OrderedDict[int, Saved] = OrderedDict()
+        self._next = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def best(self, prompt: list[int]) -> tuple[Saved | None, int]:
+        """The entry `prompt` can reuse most of, and how many tokens (see stable_reuse)."""
+        found: tuple[Saved | None, int] = (None, 0)
+        for entry in self._entries.values():
+            reuse = stable_reuse(common_prefix(entry.tokens, prompt), len(prompt), self._chunk)
+            if reuse > found[1]:
+                found = (entry, reuse)
+        return found
+
+    def touch(self, entry: Saved) -> None:
+        for key, value in self._entries.items():
+            if value is entry:
+                self._entries.move_to_end(key)
+                return
+
+    def wants(self, tokens: list[int]) -> bool:
+        """Whether saving `tokens` would add anything: it fits, and no entry already holds them
+        (or more)."""
+        if not tokens or self.capacity <= 0:
+            return False
+        return not any(common_prefix(e.tokens, tokens) == len(tokens)
+                       for e in self._entries.values())
+
+    def put(self, saved: Saved) -> None:
+        if saved.size > self.capacity:
+            return
+        for key in [k for k, e in self._entries.items()
+                    if common_prefix(e.tokens, saved.tokens) == len(e.tokens)]:
+            self.bytes -= self._entries.pop(key).size  # a prefix of the new entry: superseded
+        while self._entries and self.bytes + saved.size > self.capacity:
+            self.bytes -= self._entries.popitem(last=False)[1].size
+        self._entries[self._next] = saved
+        self._next += 1
+        self.bytes += saved.size

@@ -6,6 +6,8 @@ import pytest
 
 from backends.llamacpp.cache import (
     FA_TILE_ROWS,
+    PromptCache,
+    Saved,
     SlotTable,
     common_prefix,
     copy_min_gain,
@@ -101,3 +103,34 @@ def test_a_short_shared_prefix_does_not_evict_a_long_conversation() -> None:
     nxt = table.place([*conversation, *range(3000, 3050)])
     assert nxt.slot is table.slots[0] and nxt.copy_from is None
     assert nxt.reuse >= len(conversation) - FA_TILE_ROWS
+
+
+def saved(tokens: list[int], size: int = 100) -> Saved:
+    return Saved(tokens, data=bytes(size), size=size)
+
+
+def test_ram_prompt_cache_finds_the_longest_usable_prefix() -> None:
+    cache = PromptCache(1000, CHUNK)
+    cache.put(saved(list(range(100))))
+    cache.put(saved([*range(50), *range(500, 600)]))
+    entry, reuse = cache.best([*range(100), *range(1000, 1200)])
+    assert entry is not None and entry.tokens == list(range(100))
+    assert reuse == stable_reuse(100, 300, CHUNK) > stable_reuse(50, 300, CHUNK)
+    assert cache.best([9, 9, 9]) == (None, 0)
+
+
+def test_ram_prompt_cache_evicts_least_recently_used_and_supersedes_prefixes() -> None:
+    cache = PromptCache(250, CHUNK)
+    a, b = saved(list(range(10))), saved(list(range(100, 110)))
+    cache.put(a)
+    cache.put(b)
+    cache.touch(a)  # used: b is now the oldest
+    cache.put(saved(list(range(200, 210))))
+    assert len(cache) == 2 and cache.bytes == 200
+    assert cache.best(list(range(100, 110)))[0] is None and cache.best(list(range(10)))[0] is a
+    assert not cache.wants(list(range(5)))  # already held, as a prefix of an entry
+    assert cache.wants(list(range(12)))
+    cache.put(saved(list(range(12))))  # holds more than `a`: `a` goes
+    assert len(cache) == 2 and cache.best(list(range(10)))[0] is not a
+    cache.put(saved(list(range(300, 310)), size=251))  # larger than the whole cache: ignored
+    assert len(cache) == 2 and not PromptCache(0, CHUNK).wants([1, 2])

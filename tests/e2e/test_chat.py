@@ -242,3 +242,42 @@ def test_prefix_reused_mid_chunk_gives_the_fresh_text(client: openai.OpenAI) -> 
     cached = again.usage.prompt_tokens_details.cached_tokens or 0
     assert cached > 128 and cached % 128 != 0
     assert again.choices[0].message.content == fresh.choices[0].message.content
+
+
+def _ram_hit_tokens(http: httpx.Client) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f'lokal_prompt_cache_ram_hit_tokens_total{{model="{MODEL}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no lokal_prompt_cache_ram_hit_tokens_total series")
+
+
+@pytest.mark.backends("llamacpp")
+def test_a_prompt_evicted_from_every_slot_comes_back_from_ram(
+        client: openai.OpenAI, http: httpx.Client) -> None:
+    """More distinct long prompts than slots push the first one out of its slot; asked again,
+    its KV comes back from the RAM prompt cache and gives the logits a fresh evaluation gave.
+    One token each, so every slot holds just a prompt and the oldest one is the one replaced."""
+    session = uuid.uuid4().hex
+
+    def ask(topic: int) -> list[tuple[str, float]]:
+        system = f"Session {session}, topic {topic}. " + "Answer in a few words. " * 30
+        out = client.chat.completions.create(
+            model=MODEL, max_tokens=1, logprobs=True, top_logprobs=5,
+            messages=[{"role": "system", "content": system},
+                      {"role": "user", "content": "Name a colour."}])
+        assert out.usage is not None and out.usage.prompt_tokens_details is not None
+        cached.append(out.usage.prompt_tokens_details.cached_tokens or 0)
+        prompt_tokens.append(out.usage.prompt_tokens)
+        assert out.choices[0].logprobs is not None and out.choices[0].logprobs.content
+        return [(t.token, t.logprob) for t in out.choices[0].logprobs.content[0].top_logprobs]
+
+    cached: list[int] = []
+    prompt_tokens: list[int] = []
+    first = ask(0)
+    for topic in range(1, 17):  # 8 slots: each is taken over twice
+        ask(topic)
+    before = _ram_hit_tokens(http)
+    again = ask(0)
+    assert cached[0] < 64 and cached[-1] >= prompt_tokens[-1] - 64
+    assert _ram_hit_tokens(http) - before == cached[-1]  # restored from RAM, not a slot
+    assert again == first  # bit-identical log-probabilities
