@@ -95,6 +95,9 @@ class Scheduler:
         self._budget = prompt_budget
         self._slots = SlotTable(n_slots, prompt_budget, copy_min_gain)
         self._ram = PromptCache(prompt_cache_bytes, prompt_budget)
+        # Slots whose stream another slot copies at the next decode: llama.cpp copies the
+        # tensor data then, so nothing may write into them before (a RAM restore would).
+        self._copy_sources: set[int] = set()
         self._batch = llama_cpp.llama_batch_init(prompt_budget + n_slots, 0, 1)
         self._max_waiting = max_waiting
         self._waiting: deque[Job] = deque()
@@ -215,7 +218,8 @@ class Scheduler:
             return
         placement = self._slots.place(job.prompt)
         saved, from_ram = self._ram.best(job.prompt)
-        if saved is not None and from_ram >= placement.reuse + RESTORE_MIN_GAIN:
+        if saved is not None and from_ram >= placement.reuse + RESTORE_MIN_GAIN \
+                and self._slots.spare().seq_id not in self._copy_sources:
             self._ram.touch(saved)
             placement = Placement(self._slots.spare(), from_ram, None, restore=saved)
             self.ram_hit_tokens_total += from_ram
@@ -255,6 +259,7 @@ class Scheduler:
                 raise RuntimeError(f"restoring {len(saved.tokens)} cached tokens failed")
             slot.tokens = list(saved.tokens)
         elif placement.copy_from is not None:
+            self._copy_sources.add(placement.copy_from.seq_id)
             # Streams copy whole (llama.cpp copies the buffer at the next decode); then trim.
             llama_cpp.llama_memory_seq_cp(self._mem, placement.copy_from.seq_id, slot.seq_id,
                                           -1, -1)
@@ -318,6 +323,7 @@ class Scheduler:
                 samples.append((seq, n - 1))
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self._ctx, batch)
+        self._copy_sources.clear()  # pending stream copies are done by now
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         for seq, tokens in fed:
@@ -423,5 +429,6 @@ class Scheduler:
             self._slots.release(seq.slot)
         self._active.clear()
         llama_cpp.llama_memory_clear(self._mem, True)
+        self._copy_sources.clear()
         for slot in self._slots.slots:
             slot.tokens.clear()
