@@ -68,6 +68,12 @@ def stable_reuse(common: int, n_prompt: int, chunk: int, tile: int = FA_TILE_ROW
     return reuse
 
 
+def usable(cached: list[int], prompt: list[int], chunk: int) -> int:
+    """Leading tokens of `prompt` whose KV `cached` tokens' cells can stand in for (see
+    stable_reuse)."""
+    return stable_reuse(common_prefix(cached, prompt), len(prompt), chunk)
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -92,7 +98,7 @@ class SlotTable:
     def reusable(self, slot: Slot, prompt: list[int]) -> int:
         """Cached tokens `prompt` may keep from `slot`: a repeated request (same seed, or
         temperature 0) gets the same logits and the same text, cached or not."""
-        return stable_reuse(common_prefix(slot.tokens, prompt), len(prompt), self._chunk)
+        return usable(slot.tokens, prompt, self._chunk)
 
     def place(self, prompt: list[int]) -> Placement:
         """Pick a free slot for `prompt` (the caller checked one is free)."""
@@ -127,7 +133,7 @@ class SlotTable:
         slot.last_used = time.monotonic()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity: PromptCache's keys
 class Saved:
     """The KV cells of one sequence, serialised by llama.cpp (`llama_state_seq_get_data`)."""
 
@@ -145,8 +151,7 @@ class PromptCache:
     def __init__(self, capacity_bytes: int, chunk: int) -> None:
         self.capacity = capacity_bytes
         self._chunk = chunk
-        self._entries: OrderedDict[int, Saved] = OrderedDict()
-        self._next = 0
+        self._entries: OrderedDict[Saved, None] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -155,34 +160,31 @@ class PromptCache:
     def best(self, prompt: list[int]) -> tuple[Saved | None, int]:
         """The entry `prompt` can reuse most of, and how many tokens (see stable_reuse)."""
         found: tuple[Saved | None, int] = (None, 0)
-        for entry in self._entries.values():
-            reuse = stable_reuse(common_prefix(entry.tokens, prompt), len(prompt), self._chunk)
+        for entry in self._entries:
+            reuse = usable(entry.tokens, prompt, self._chunk)
             if reuse > found[1]:
                 found = (entry, reuse)
         return found
 
     def touch(self, entry: Saved) -> None:
-        for key, value in self._entries.items():
-            if value is entry:
-                self._entries.move_to_end(key)
-                return
+        if entry in self._entries:
+            self._entries.move_to_end(entry)
 
     def wants(self, tokens: list[int]) -> bool:
         """Whether saving `tokens` would add anything: it fits, and no entry already holds them
         (or more)."""
         if not tokens or self.capacity <= 0:
             return False
-        return not any(common_prefix(e.tokens, tokens) == len(tokens)
-                       for e in self._entries.values())
+        return not any(common_prefix(e.tokens, tokens) == len(tokens) for e in self._entries)
 
     def put(self, saved: Saved) -> None:
         if saved.size > self.capacity:
             return
-        for key in [k for k, e in self._entries.items()
+        for old in [e for e in self._entries
                     if common_prefix(e.tokens, saved.tokens) == len(e.tokens)]:
-            self.bytes -= self._entries.pop(key).size  # a prefix of the new entry: superseded
+            del self._entries[old]  # a prefix of the new entry: superseded
+            self.bytes -= old.size
         while self._entries and self.bytes + saved.size > self.capacity:
-            self.bytes -= self._entries.popitem(last=False)[1].size
-        self._entries[self._next] = saved
-        self._next += 1
+            self.bytes -= self._entries.popitem(last=False)[0].size
+        self._entries[saved] = None
         self.bytes += saved.size

@@ -218,10 +218,11 @@ class Scheduler:
             return
         placement = self._slots.place(job.prompt)
         saved, from_ram = self._ram.best(job.prompt)
+        spare = self._slots.spare()
         if saved is not None and from_ram >= placement.reuse + RESTORE_MIN_GAIN \
-                and self._slots.spare().seq_id not in self._copy_sources:
+                and spare.seq_id not in self._copy_sources:
             self._ram.touch(saved)
-            placement = Placement(self._slots.spare(), from_ram, None, restore=saved)
+            placement = Placement(spare, from_ram, None, restore=saved)
             self.ram_hit_tokens_total += from_ram
         leader_slot = placement.slot
         self._prepare_slot(placement)
