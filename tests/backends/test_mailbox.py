@@ -1,0 +1,51 @@
+"""Engine events reach the event loop in order, with one wake-up per burst, and posting to a
+closed loop is harmless (the engine thread must never raise there)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from backends.llamacpp.backend import _Mailbox
+from backends.llamacpp.scheduler import Event
+
+
+def test_a_burst_of_events_wakes_the_loop_once_and_keeps_their_order() -> None:
+    async def main() -> tuple[list[Event], list[Event], int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return real(callback, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        box = _Mailbox(loop)
+        first: asyncio.Queue[Event] = asyncio.Queue()
+        second: asyncio.Queue[Event] = asyncio.Queue()
+
+        def engine_step() -> None:  # one step of two streams, from another thread
+            for i in range(8):
+                box.post(first if i % 2 == 0 else second, Event(0, text=str(i)))
+
+        thread = threading.Thread(target=engine_step)
+        thread.start()
+        thread.join()
+        got_first = [await first.get() for _ in range(4)]
+        got_second = [await second.get() for _ in range(4)]
+        return got_first, got_second, wakeups
+
+    got_first, got_second, wakeups = asyncio.run(main())
+    assert [e.text for e in got_first] == ["0", "2", "4", "6"]
+    assert [e.text for e in got_second] == ["1", "3", "5", "7"]
+    assert wakeups == 1
+
+
+def test_posting_to_a_closed_loop_does_not_raise() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    box = _Mailbox(loop)
+    box.post(asyncio.Queue(), Event(0, text="late"))
