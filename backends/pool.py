@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from backends.base import Backend, ModelInfo
+from backends.base import Backend, BackendStats, ModelInfo
 from backends.errors import ModelNotFound, NotReady
 from backends.hardware import Hardware
 from backends.registry import create_backend
@@ -73,12 +73,16 @@ class ModelPool:
     def models(self) -> list[ModelInfo]:
         return [b.info for b in self._backends.values()]
 
-    def engine_errors(self) -> dict[str, str]:
-        """Models whose engine died, and why (see BackendStats.engine_error)."""
-        errors: dict[str, str] = {}
+    def stats(self) -> dict[str, BackendStats]:
+        """A snapshot per loaded model whose engine reports one (`stats()` is optional)."""
+        found: dict[str, BackendStats] = {}
         for model_id, backend in self._backends.items():
             stats = getattr(backend, "stats", None)
-            error = stats().engine_error if callable(stats) else None
-            if error is not None:
-                errors[model_id] = error
-        return errors
+            if callable(stats):
+                found[model_id] = stats()
+        return found
+
+    def engine_errors(self) -> dict[str, str]:
+        """Models whose engine died, and why (see BackendStats.engine_error)."""
+        return {model_id: stats.engine_error for model_id, stats in self.stats().items()
+                if stats.engine_error is not None}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncGenerator, Iterator
-from typing import Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import (
@@ -18,7 +17,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.base import BackendStats, Chunk
+from backends.base import Chunk
 from backends.pool import ModelPool
 
 # Buckets for LLM work: a first token in tens of ms (cached, small model) to a minute (long
@@ -30,11 +29,6 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
                    600.0)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-@runtime_checkable
-class _HasStats(Protocol):
-    def stats(self) -> BackendStats: ...
 
 
 class Metrics:
@@ -135,12 +129,12 @@ class EngineCollector(Collector):
         cancelled = CounterMetricFamily("lokal_requests_cancelled",
                                         "Generations stopped early (client gone, timeout, "
                                         "shutdown)", labels=["model"])
+        every = self.pool.stats()
         for model in self.pool.models():
             info.add_metric([model.id, model.backend, model.device, self.version], {})
-            backend = self.pool.get(model.id)
-            if not isinstance(backend, _HasStats):
+            stats = every.get(model.id)
+            if stats is None:
                 continue
-            stats = backend.stats()
             running.add_metric([model.id], stats.running)
             waiting.add_metric([model.id], stats.waiting)
             slots.add_metric([model.id], stats.slots_total)
