@@ -233,7 +233,7 @@ class Scheduler:
             if index == 0:
                 slot = leader_slot
             else:
-                slot = min(self._slots.free(), key=lambda s: s.last_used)
+                slot = self._slots.spare()
                 self._slots.claim(slot)
             seq = _Seq(
                 job=job, index=index, slot=slot,
@@ -301,27 +301,36 @@ class Scheduler:
             batch.logits[n] = logits
             n += 1
 
-        for seq in self._active:
-            if not seq.prefilling:
-                add(seq.next_token, seq.n_past, seq.slot.seq_id, True)
-                samples.append((seq, n - 1))
-                fed.append((seq, [seq.next_token]))
+        # Prompt tokens go to newcomers in arrival order, up to the step's budget.
+        chunks: dict[int, tuple[int, int]] = {}
         budget = self._budget
         for seq in self._active:
             if budget <= 0:
                 break
             if not (seq.prefilling and seq.leader):
                 continue
-            prompt = seq.job.prompt
             start = seq.n_past
             # Chunks end on multiples of the budget: the same chunks as a fresh evaluation.
-            end = min(len(prompt), (start // self._budget + 1) * self._budget, start + budget)
-            for pos in range(start, end):
-                add(prompt[pos], pos, seq.slot.seq_id, pos == len(prompt) - 1)
+            end = min(len(seq.job.prompt), (start // self._budget + 1) * self._budget,
+                      start + budget)
+            chunks[id(seq)] = (start, end)
             budget -= end - start
-            fed.append((seq, prompt[start:end]))
-            if end == len(prompt):
+        # The batch lists sequences in slot order: with one KV stream per slot llama.cpp splits
+        # a batch into micro-batches of consecutive sequence ids, so arrival order would make
+        # one step of 8 streams several passes over the weights.
+        for seq in sorted(self._active, key=lambda s: s.slot.seq_id):
+            if not seq.prefilling:
+                add(seq.next_token, seq.n_past, seq.slot.seq_id, True)
                 samples.append((seq, n - 1))
+                fed.append((seq, [seq.next_token]))
+            elif id(seq) in chunks:
+                start, end = chunks[id(seq)]
+                prompt = seq.job.prompt
+                for pos in range(start, end):
+                    add(prompt[pos], pos, seq.slot.seq_id, pos == len(prompt) - 1)
+                fed.append((seq, prompt[start:end]))
+                if end == len(prompt):
+                    samples.append((seq, n - 1))
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self._ctx, batch)
         self._copy_sources.clear()  # pending stream copies are done by now

@@ -6,6 +6,7 @@ import pytest
 
 from backends.llamacpp.cache import (
     FA_TILE_ROWS,
+    RUN_COST_TOKENS,
     PromptCache,
     Saved,
     SlotTable,
@@ -103,6 +104,35 @@ def test_a_short_shared_prefix_does_not_evict_a_long_conversation() -> None:
     nxt = table.place([*conversation, *range(3000, 3050)])
     assert nxt.slot is table.slots[0] and nxt.copy_from is None
     assert nxt.reuse >= len(conversation) - FA_TILE_ROWS
+
+
+def test_a_slot_next_to_the_busy_ones_is_preferred() -> None:
+    # Busy slots 2 and 3 decode in one micro-batch; slot 6 would add another to every step.
+    table = SlotTable(8, CHUNK, copy_min_gain(8192))
+    for i in (2, 3):
+        table.claim(table.slots[i])
+    assert [table.new_runs(s) for s in table.slots] == [1, 0, 0, 0, 0, 1, 1, 1]
+    table.slots[6].last_used = -1.0  # least recently used: the choice without the run cost
+    assert table.place(list(range(40))).slot.seq_id in (1, 4)
+    assert table.spare().seq_id in (1, 4)
+    # A slot that closes a gap between busy runs is best of all.
+    table.claim(table.slots[5])
+    assert table.new_runs(table.slots[4]) == -1
+    assert table.place(list(range(40))).slot is table.slots[4] is table.spare()
+
+
+def test_a_long_cached_prefix_outweighs_the_run_it_adds() -> None:
+    table = SlotTable(8, CHUNK, copy_min_gain(8192))
+    table.claim(table.slots[0])
+    conversation = list(range(1000))
+    table.slots[6].tokens = list(conversation)
+    nxt = table.place([*conversation, *range(5000, 5040)])
+    assert nxt.slot is table.slots[6] and nxt.copy_from is None  # kept in place
+    # A short one is not worth a micro-batch per step: an adjacent slot gets it copied.
+    table.slots[6].tokens = list(range(40))
+    short = table.place([*range(40), *range(5000, 5010)])
+    assert short.slot is table.slots[1] and short.copy_from is table.slots[6]
+    assert short.reuse == 40 < RUN_COST_TOKENS
 
 
 def saved(tokens: list[int], size: int = 100) -> Saved:
