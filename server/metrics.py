@@ -70,6 +70,7 @@ class Metrics:
         first_token_seen = False
         last_token_at: dict[int, float] = {}
         prompt_counted = False
+        inter_token_latency = self.inter_token_latency.labels(model)  # once, not per token
         try:
             async for chunk in chunks:
                 now = time.perf_counter()
@@ -84,7 +85,7 @@ class Metrics:
                     if previous is not None:
                         gap = (now - previous) / tokens
                         for _ in range(tokens):
-                            self.inter_token_latency.labels(model).observe(gap)
+                            inter_token_latency.observe(gap)
                     last_token_at[chunk.index] = now
                 if chunk.usage is not None:
                     self.generation_tokens.labels(model).inc(chunk.usage.completion_tokens)
