@@ -116,3 +116,50 @@ def test_a_new_request_lands_next_to_the_busy_slots(scheduler: Scheduler) -> Non
     busy.wait()
     assert slot_of(scheduler, by_slot[0]) == 0
     assert slot_of(scheduler, "an unrelated request") == 1
+
+
+def test_a_ram_restore_never_overwrites_a_slot_whose_copy_is_pending(
+        scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    # llama.cpp copies a KV stream into another at the next decode. If a request admitted in
+    # the same round restored RAM-cached KV into the source slot first, the copy would carry
+    # the restored cells: the copying request would continue someone else's prompt.
+    p0, p2 = "zero " * 12, "two " * 15  # 60 characters each: the two long-running requests
+    p1 = "one, " * 16  # 80: evicted to the RAM cache when the copying request takes its slot
+    p3 = "three is a prefix here: "  # 24: the copy source
+    for p in (p0, p1, p2, p3):
+        run_alone(scheduler, p)
+    assert [slot_of(scheduler, p) for p in (p0, p1, p2, p3)] == [0, 1, 2, 3]
+
+    placements: list[tuple[int, int | None, bool]] = []
+    real_prepare = scheduler._prepare_slot
+
+    def recording_prepare(placement: Any) -> None:
+        copy = placement.copy_from.seq_id if placement.copy_from is not None else None
+        placements.append((placement.slot.seq_id, copy, placement.restore is not None))
+        real_prepare(placement)
+
+    monkeypatch.setattr(scheduler, "_prepare_slot", recording_prepare)
+    busy = [Run(p0, 120), Run(p2, 120)]
+    for run in busy:
+        scheduler.submit(run.job)
+    while not all(any(e.token_ids for e in run.events) for run in busy):
+        assert not any(run.done.is_set() for run in busy)
+        threading.Event().wait(0.01)
+    x, y = Run(p3 + "and then more", 12), Run(p1, 12)
+    with scheduler._cond:  # one admission round: x copies slot 3, y would restore p1 from RAM
+        scheduler.submit(x.job)
+        scheduler.submit(y.job)
+    got = x.wait()
+    y.wait()
+    for run in busy:
+        run.wait()
+    assert placements[2] == (1, 3, False), placements  # x: slot 1 (between the busy ones)
+    assert placements[3][0] == 3 and not placements[3][2], placements  # y: no restore into 3
+    assert len(scheduler._ram) > 0  # p1 was saved, so a restore was on offer
+
+    with scheduler._cond:  # forget every cache: what x gives computed from scratch
+        llama_cpp.llama_memory_clear(scheduler._mem, True)
+        for slot in scheduler._slots.slots:
+            slot.tokens.clear()
+        scheduler._ram = type(scheduler._ram)(0, 32)
+    assert got == run_alone(scheduler, p3 + "and then more", 12)
