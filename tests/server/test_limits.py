@@ -59,3 +59,54 @@ def test_a_deadline_already_past_fails_before_the_first_chunk() -> None:
     with pytest.raises(APIError):
         asyncio.run(_drain(with_deadline(stream.chunks(), time.perf_counter() - 10, 1)))
     assert stream.closed
+
+
+def test_the_deadline_holds_when_another_task_takes_over_the_stream() -> None:
+    # As in a streaming response: the route waits for the first chunk, the SSE task for the
+    # rest.
+    stream = Stream(1000, 0.01)
+
+    async def run() -> list[str]:
+        chunks = with_deadline(stream.chunks(), time.perf_counter(), 0.2)
+        first = await anext(chunks)
+
+        async def rest() -> list[str]:
+            return [first.text, *[c.text async for c in chunks]]
+
+        return await asyncio.create_task(rest())
+
+    with pytest.raises(APIError) as info:
+        asyncio.run(run())
+    assert info.value.status == 504
+    assert stream.closed
+
+
+def test_a_deadline_passing_while_the_consumer_holds_a_chunk_ends_the_stream_next() -> None:
+    stream = Stream(5, 0)
+    got: list[str] = []
+
+    async def run() -> None:
+        async for chunk in with_deadline(stream.chunks(), time.perf_counter(), 0.05):
+            got.append(chunk.text)
+            await asyncio.sleep(0.2)  # a slow client: the deadline passes meanwhile
+
+    with pytest.raises(APIError):
+        asyncio.run(run())
+    assert got == ["t0"]
+    assert stream.closed
+
+
+def test_a_cancellation_from_outside_is_not_turned_into_a_504() -> None:
+    # A client that disconnects cancels the task; that must stay a cancellation.
+    stream = Stream(1000, 0.01)
+
+    async def run() -> None:
+        task = asyncio.create_task(_drain(with_deadline(stream.chunks(), time.perf_counter(),
+                                                        60)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run())
+    assert stream.closed
