@@ -326,7 +326,8 @@ class LlamaCppBackend:
                                 logprobs=event.logprobs, queue_seconds=event.queue_seconds)
                     continue
                 remaining -= 1
-                yield Chunk(event.index, finish_reason=event.finish_reason,
+                yield Chunk(event.index, token_ids=event.token_ids,
+                            finish_reason=event.finish_reason,
                             usage=Usage(event.prompt_tokens, event.completion_tokens,
                                         event.cached_tokens))
         finally:

@@ -77,6 +77,10 @@ class _Seq:
     leader: bool
     next_token: int = -1
     generated: int = 0
+    held: list[int] = field(default_factory=list)
+    """Generated tokens not handed over yet: their text is held back (an incomplete UTF-8
+    character, a possible stop sequence). They go with the next event, so that every token
+    reaches the stream (and the inter-token-latency metric)."""
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
@@ -391,9 +395,11 @@ class Scheduler:
         text = seq.stops.feed(seq.decoder.decode(piece))
         if logp is not None and job.top_logprobs is not None:
             logprob = self._token_logprob(token, logp, job.top_logprobs)
-            job.emit(Event(seq.index, text, (token,), logprobs=(logprob,)))
+            job.emit(Event(seq.index, text, self._take(seq, token), logprobs=(logprob,)))
         elif text:
-            job.emit(Event(seq.index, text, (token,)))
+            job.emit(Event(seq.index, text, self._take(seq, token)))
+        else:
+            seq.held.append(token)
         if seq.stops.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= job.max_tokens:
@@ -401,12 +407,23 @@ class Scheduler:
         else:
             seq.next_token = token
 
+    @staticmethod
+    def _take(seq: _Seq, token: int) -> tuple[int, ...]:
+        """`token` and the held tokens before it, which its event now carries."""
+        if not seq.held:
+            return (token,)
+        ids = (*seq.held, token)
+        seq.held.clear()
+        return ids
+
     def _finish(self, seq: _Seq, reason: FinishReason) -> None:
         if not seq.stops.stopped:
             tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
             if tail:
-                seq.job.emit(Event(seq.index, tail))
-        seq.job.emit(Event(seq.index, finish_reason=reason, prompt_tokens=len(seq.job.prompt),
+                seq.job.emit(Event(seq.index, tail, tuple(seq.held)))
+                seq.held.clear()
+        seq.job.emit(Event(seq.index, token_ids=tuple(seq.held), finish_reason=reason,
+                           prompt_tokens=len(seq.job.prompt),
                            completion_tokens=seq.generated, cached_tokens=seq.reuse))
         self._release(seq)
 

@@ -16,7 +16,7 @@ from backends.base import SamplingParams
 from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
-from tests.tiny_gguf import BOS, char_ids, write_tiny_gguf
+from tests.tiny_gguf import BOS, FIRST_BYTE, char_ids, write_tiny_gguf
 
 
 @pytest.fixture
@@ -163,3 +163,21 @@ def test_a_ram_restore_never_overwrites_a_slot_whose_copy_is_pending(
             slot.tokens.clear()
         scheduler._ram = type(scheduler._ram)(0, 32)
     assert got == run_alone(scheduler, p3 + "and then more", 12)
+
+
+def test_tokens_whose_text_is_held_back_still_reach_the_stream(scheduler: Scheduler) -> None:
+    # The byte token 0xE2 opens a 3-byte UTF-8 character; forced over and over, each one is
+    # held back until the next makes it invalid ("\ufffd"). The held token must ride along
+    # with the next event (and the last ones with the finish event), not vanish: the
+    # inter-token-latency metric counts the tokens it sees.
+    lead = FIRST_BYTE + 0xE2
+    run = Run("any prompt", 9)
+    run.job.sampling = SamplingParams(temperature=0.0, logit_bias={lead: 100.0})
+    scheduler.submit(run.job)
+    ids = run.wait()
+    finish = run.events[-1]
+    assert finish.finish_reason == "length" and finish.completion_tokens == 9
+    assert ids == [lead] * 9
+    assert "".join(e.text for e in run.events) == "\ufffd" * 9
+    texts = [e for e in run.events if e.text]
+    assert len(texts[0].token_ids) == 2  # the first one waited for the second
