@@ -3,6 +3,9 @@ know token by token (FIM tokens included), so they can check the exact ids the e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +81,22 @@ def write_tiny_gguf(path: Path, *, seed: int = 0) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@contextlib.contextmanager
+def tiny_backend(directory: Path, *, parallel: int) -> Iterator[Any]:
+    """A started LlamaCppBackend over a fresh tiny GGUF in `directory`: 256 tokens of context
+    per slot, `parallel` slots, one thread, 32 prompt tokens per step."""
+    from backends.llamacpp.backend import LlamaCppBackend
+    from backends.spec import ModelSpec
+
+    path = write_tiny_gguf(directory / "tiny.gguf")
+    spec = ModelSpec.model_validate({
+        "id": "tiny", "gguf": {"path": str(path)}, "context_length": 256,
+        "llamacpp": {"n_threads": 1, "parallel": parallel, "n_batch": 32}})
+    engine = LlamaCppBackend(spec, reason="test")
+    asyncio.run(engine.start())
+    try:
+        yield engine
+    finally:
+        asyncio.run(engine.stop())

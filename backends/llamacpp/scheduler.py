@@ -87,7 +87,7 @@ class _Seq:
 
 
 class Scheduler:
-    """Owns a llama.cpp context with `n_slots` sequences in one unified KV cache."""
+    """Owns a llama.cpp context with `n_slots` sequences, each in its own KV stream."""
 
     def __init__(self, model: Any, ctx: Any, *, n_slots: int, prompt_budget: int,
                  max_waiting: int, copy_min_gain: int, prompt_cache_bytes: int = 0) -> None:
@@ -222,12 +222,12 @@ class Scheduler:
             return
         placement = self._slots.place(job.prompt)
         saved, from_ram = self._ram.best(job.prompt)
-        spare = self._slots.spare()
-        if saved is not None and from_ram >= placement.reuse + RESTORE_MIN_GAIN \
-                and spare.seq_id not in self._copy_sources:
-            self._ram.touch(saved)
-            placement = Placement(spare, from_ram, None, restore=saved)
-            self.ram_hit_tokens_total += from_ram
+        if saved is not None and from_ram >= placement.reuse + RESTORE_MIN_GAIN:
+            spare = self._slots.spare()
+            if spare.seq_id not in self._copy_sources:
+                self._ram.touch(saved)
+                placement = Placement(spare, from_ram, None, restore=saved)
+                self.ram_hit_tokens_total += from_ram
         leader_slot = placement.slot
         self._prepare_slot(placement)
         self._slots.claim(leader_slot)
@@ -408,11 +408,11 @@ class Scheduler:
             seq.next_token = token
 
     @staticmethod
-    def _take(seq: _Seq, token: int) -> tuple[int, ...]:
-        """`token` and the held tokens before it, which its event now carries."""
+    def _take(seq: _Seq, *tokens: int) -> tuple[int, ...]:
+        """The held tokens followed by `tokens`: what the event being sent now carries."""
         if not seq.held:
-            return (token,)
-        ids = (*seq.held, token)
+            return tokens
+        ids = (*seq.held, *tokens)
         seq.held.clear()
         return ids
 
@@ -420,9 +420,8 @@ class Scheduler:
         if not seq.stops.stopped:
             tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
             if tail:
-                seq.job.emit(Event(seq.index, tail, tuple(seq.held)))
-                seq.held.clear()
-        seq.job.emit(Event(seq.index, token_ids=tuple(seq.held), finish_reason=reason,
+                seq.job.emit(Event(seq.index, tail, self._take(seq)))
+        seq.job.emit(Event(seq.index, token_ids=self._take(seq), finish_reason=reason,
                            prompt_tokens=len(seq.job.prompt),
                            completion_tokens=seq.generated, cached_tokens=seq.reuse))
         self._release(seq)

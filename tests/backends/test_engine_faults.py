@@ -14,8 +14,7 @@ import pytest
 from backends.base import GenerationRequest, SamplingParams, TextPrompt
 from backends.errors import EngineDown, EngineFailure
 from backends.llamacpp.backend import LlamaCppBackend
-from backends.spec import ModelSpec
-from tests.tiny_gguf import write_tiny_gguf
+from tests.tiny_gguf import tiny_backend
 
 
 class Fatal(BaseException):
@@ -24,14 +23,8 @@ class Fatal(BaseException):
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[LlamaCppBackend]:
-    path = write_tiny_gguf(tmp_path / "tiny.gguf")
-    spec = ModelSpec.model_validate({
-        "id": "tiny", "gguf": {"path": str(path)}, "context_length": 256,
-        "llamacpp": {"n_threads": 1, "parallel": 2, "n_batch": 32}})
-    engine = LlamaCppBackend(spec, reason="test")
-    asyncio.run(engine.start())
-    yield engine
-    asyncio.run(engine.stop())
+    with tiny_backend(tmp_path, parallel=2) as engine:
+        yield engine
 
 
 def _request(i: int) -> GenerationRequest:

@@ -3,7 +3,6 @@ GGUF: what it hands to llama_decode, and which slot a request lands in."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,23 +12,15 @@ import llama_cpp
 import pytest
 
 from backends.base import SamplingParams
-from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.scheduler import Event, Job, Scheduler
-from backends.spec import ModelSpec
-from tests.tiny_gguf import BOS, FIRST_BYTE, char_ids, write_tiny_gguf
+from tests.tiny_gguf import BOS, FIRST_BYTE, char_ids, tiny_backend
 
 
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[Scheduler]:
-    path = write_tiny_gguf(tmp_path / "tiny.gguf")
-    spec = ModelSpec.model_validate({
-        "id": "tiny", "gguf": {"path": str(path)}, "context_length": 256,
-        "llamacpp": {"n_threads": 1, "parallel": 4, "n_batch": 32}})
-    engine = LlamaCppBackend(spec, reason="test")
-    asyncio.run(engine.start())
-    assert engine._scheduler is not None
-    yield engine._scheduler
-    asyncio.run(engine.stop())
+    with tiny_backend(tmp_path, parallel=4) as engine:
+        assert engine._scheduler is not None
+        yield engine._scheduler
 
 
 class Run:
