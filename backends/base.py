@@ -140,6 +140,9 @@ class ModelInfo:
     owned_by: str = "lokal"
     created: int = 0
     capabilities: Capabilities = field(default_factory=Capabilities)
+    chat_template: Literal["model", "config", "fallback"] | None = None
+    """Whose chat template renders chat prompts: the model file's own, the YAML's
+    `chat_template`, or lokal's ChatML fallback; None until the engine has looked."""
 
 
 @dataclass(frozen=True, slots=True)

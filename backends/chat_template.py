@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from jinja2.ext import loopcontrols
@@ -122,3 +122,11 @@ class ChatTemplate:
             raise InvalidParameter(
                 f"chat template could not render the messages: {exc}", param="messages"
             ) from exc
+
+
+def template_source(configured: str | None,
+                    own: str | None) -> Literal["model", "config", "fallback"]:
+    """Which template a model renders with: the YAML's wins over the model file's own."""
+    if configured:
+        return "config"
+    return "model" if own else "fallback"

@@ -62,9 +62,40 @@ class Busy(BackendError):
 
 
 class NotReady(BackendError):
-    def __init__(self, message: str, retry_after: int = 5) -> None:
+    """Not now: the model is loading, or waiting for room; retry after `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: int = 5, code: str = "model_not_ready") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.code = code
+
+
+class ModelLoadFailed(BackendError):
+    """The model's last load failed; retried by a request after a back-off, or on demand."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"model {model} failed to load: {reason}", param="model")
+        self.reason = reason
+
+
+class ModelTooLarge(BackendError):
+    """The model needs more memory than the whole budget: it can never be loaded here."""
+
+    def __init__(self, model: str, need: int, device: str, budget: int) -> None:
+        from backends.budget import human
+
+        super().__init__(
+            f"model {model} needs {human(need)} of {device} memory, more than the whole "
+            f"memory budget of {human(budget)}; it cannot be loaded on this server (raise "
+            "--memory-budget, or lower its context_length, parallel or prompt_cache_mib)",
+            param="model")
+
+
+class ModelPinned(BackendError):
+    """An unload of a pinned model that did not say it meant it."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model} is pinned; unload it with ?force=true", param="model")
 
 
 class EngineDown(BackendError):

@@ -13,6 +13,8 @@ class Hardware:
     """Names of the NVIDIA GPUs this process may use (after CUDA_VISIBLE_DEVICES)."""
     note: str
     """Why the list is what it is, for logs and /v1/models."""
+    gpu_memory: int = 0
+    """Bytes of memory of the smallest visible GPU (every vLLM model starts on GPU 0)."""
 
     @property
     def has_nvidia_gpu(self) -> bool:
@@ -57,13 +59,16 @@ def probe() -> Hardware:
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         indices = _visible(list(range(count)), env)
         names = []
+        memory: list[int] = []
         for index in indices:
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
             names.append(name.decode() if isinstance(name, bytes) else str(name))
+            memory.append(int(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
     finally:
         pynvml.nvmlShutdown()
     if not names:
         why = f"CUDA_VISIBLE_DEVICES={env!r} hides them" if count and env is not None else \
             "NVML reports no GPU"
         return Hardware((), why)
-    return Hardware(tuple(names), f"{len(names)} NVIDIA GPU(s) visible")
+    return Hardware(tuple(names), f"{len(names)} NVIDIA GPU(s) visible", min(memory))

@@ -8,6 +8,7 @@ from typing import Literal
 
 from backends.base import Backend
 from backends.errors import BackendUnavailable
+from backends.footprint import Footprint
 from backends.hardware import Hardware
 from backends.spec import ModelSpec
 
@@ -70,3 +71,15 @@ def create_backend(spec: ModelSpec, hardware: Hardware, forced: str | None = Non
     from backends.vllm.backend import VllmBackend
 
     return VllmBackend(spec, hardware, reason=reason)
+
+
+def estimate_footprint(spec: ModelSpec, hardware: Hardware, forced: str | None = None) -> Footprint:
+    """The memory `spec` will hold on the engine chosen for it, before loading it."""
+    from backends.footprint import llamacpp_footprint, vllm_footprint
+
+    engine, _ = choose_backend(spec, hardware, forced)
+    if engine == "llamacpp":
+        return llamacpp_footprint(spec)
+    from backends.vllm.backend import engine_args
+
+    return vllm_footprint(spec, engine_args(spec), hardware)

@@ -121,7 +121,14 @@ class ModelSpec(BaseModel):
     vllm: VllmSource | None = None
     llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
     embeddings: EmbeddingOptions = Field(default_factory=EmbeddingOptions)
+    preload: bool | None = Field(default=None, description="load at start (default: yes for a "
+                                 "model named on the command line, no in a models dir)")
+    pinned: bool = Field(default=False, description="never unloaded to make room or when idle")
+    ttl: float | None = Field(default=None, ge=0, description="seconds idle before unloading; "
+                              "0: never; default: --idle-unload")
     base_dir: Path | None = Field(default=None, exclude=True)
+    source: Path | None = Field(default=None, exclude=True)
+    """The YAML file this spec came from, for messages."""
 
     @model_validator(mode="after")
     def _has_source(self) -> ModelSpec:
@@ -143,7 +150,11 @@ class ModelSpec(BaseModel):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-        return cls.model_validate({**data, "base_dir": path.resolve().parent})
+        try:
+            return cls.model_validate({**data, "base_dir": path.resolve().parent,
+                                       "source": path.resolve()})
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_gguf_path(cls, path: Path, context_length: int | None = None) -> ModelSpec:

@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.hardware import probe
+from backends.hardware import Hardware, probe
 from backends.pool import ModelPool
 from server import errors
 from server.auth import APIKeyMiddleware
@@ -28,6 +28,14 @@ from server.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 
+def make_pool(settings: ServerSettings, hardware: Hardware) -> ModelPool:
+    """The model pool `settings` describe (raises ValueError on a bad configuration)."""
+    return ModelPool(settings.model_specs(), hardware, settings.backend,
+                     budgets=settings.budgets(hardware.gpu_memory),
+                     max_loaded=settings.max_loaded, load_timeout=settings.load_timeout,
+                     idle_unload=settings.idle_unload)
+
+
 def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastAPI:
     api_keys = settings.api_keys()  # read now: a bad key file stops start-up, not a request
 
@@ -35,7 +43,7 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         the_pool = pool
         if the_pool is None:
-            the_pool = ModelPool(settings.model_specs(), probe(), settings.backend)
+            the_pool = make_pool(settings, probe())
             the_pool.prepare()
         app.state.pool = the_pool
         app.state.metrics = Metrics(the_pool, _version())
@@ -75,12 +83,10 @@ async def _load(pool: ModelPool, app_metrics: Metrics) -> None:
     try:
         await pool.start()
     except Exception:
-        logger.exception("loading the model failed; stopping the server")
+        logger.exception("loading a preloaded model failed; stopping the server")
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    for info in pool.models():
-        app_metrics.model_load.labels(info.id).set(pool.load_seconds.get(info.id, 0.0))
-        logger.info("ready: %s on %s (%s)", info.id, info.backend, info.backend_reason)
+    logger.info("ready: %s", ", ".join(m.id for m in pool.models()) or "no model preloaded")
 
 
 def _version() -> str:

@@ -15,8 +15,24 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lokal", description="OpenAI-compatible LLM server")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model over the OpenAI API")
-    serve.add_argument("--model", type=Path, help="a GGUF file to serve (instead of --config)")
-    serve.add_argument("--config", type=Path, help="a model YAML (default: the bundled SmolLM2)")
+    serve.add_argument("--model", type=Path, action="append",
+                       help="a GGUF file to serve; may be given several times (LOKAL_MODEL)")
+    serve.add_argument("--config", type=Path, action="append",
+                       help="a model YAML; may be given several times (default: the bundled "
+                       "SmolLM2; LOKAL_CONFIG)")
+    serve.add_argument("--models-dir", dest="models_dir", type=Path,
+                       help="a folder of model YAMLs, loaded on demand (LOKAL_MODELS_DIR)")
+    serve.add_argument("--memory-budget", dest="memory_budget",
+                       help="memory loaded models may hold: bytes, 6GiB, or 75%% of the RAM "
+                       "available at start (default 75%%; LOKAL_MEMORY_BUDGET)")
+    serve.add_argument("--max-loaded", dest="max_loaded", type=int,
+                       help="models loaded at once (default: no limit; LOKAL_MAX_LOADED)")
+    serve.add_argument("--load-timeout", dest="load_timeout", type=float,
+                       help="seconds a request waits for its model to load or for room "
+                       "(default 300; LOKAL_LOAD_TIMEOUT)")
+    serve.add_argument("--idle-unload", dest="idle_unload", type=float,
+                       help="seconds idle before a model is unloaded, 0 = never (default 0; "
+                       "a model's ttl overrides it; LOKAL_IDLE_UNLOAD)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1; LOKAL_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000; LOKAL_PORT)")
     serve.add_argument("--backend", choices=["auto", "llamacpp", "vllm"],
@@ -66,11 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from backends.errors import BackendUnavailable
     from backends.hardware import probe
-    from backends.pool import ModelPool
-    from server.app import create_app
+    from server.app import create_app, make_pool
 
     try:
-        pool = ModelPool(settings.model_specs(), probe(), settings.backend)
+        pool = make_pool(settings, probe())
         pool.prepare()
         app = create_app(settings, pool)
     except BackendUnavailable as exc:

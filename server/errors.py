@@ -18,7 +18,10 @@ from backends.errors import (
     EngineDown,
     EngineFailure,
     InvalidParameter,
+    ModelLoadFailed,
     ModelNotFound,
+    ModelPinned,
+    ModelTooLarge,
     NotReady,
 )
 from server.protocol.common import ErrorResponse
@@ -66,8 +69,16 @@ def to_api_error(exc: BaseException, request_id: str) -> APIError:
         return APIError(429, exc.message, type="rate_limit_error", code="server_busy",
                         headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, NotReady):
-        return APIError(503, exc.message, type="server_error", code="model_not_ready",
+        return APIError(503, exc.message, type="server_error", code=exc.code,
                         headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, ModelLoadFailed):
+        return APIError(503, exc.message, type="server_error", param=exc.param,
+                        code="model_load_failed", headers={"Retry-After": "5"})
+    if isinstance(exc, ModelTooLarge):
+        return APIError(503, exc.message, type="server_error", param=exc.param,
+                        code="model_too_large")
+    if isinstance(exc, ModelPinned):
+        return APIError(409, exc.message, param=exc.param, code="model_pinned")
     if isinstance(exc, EngineDown):
         return APIError(503, f"{exc.message}; the server must be restarted", type="server_error",
                         code="engine_down")

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -57,8 +57,6 @@ class Metrics:
                                      ["model"], registry=r)
         self.generation_tokens = Counter("lokal_generation_tokens", "Tokens generated",
                                          ["model"], registry=r)
-        self.model_load = Gauge("lokal_model_load_seconds", "Time the model took to load",
-                                ["model"], registry=r)
         r.register(ProcessCollector(registry=None))
         r.register(EngineCollector(pool, version))
 
@@ -130,6 +128,7 @@ class EngineCollector(Collector):
         cancelled = CounterMetricFamily("lokal_requests_cancelled",
                                         "Generations stopped early (client gone, timeout, "
                                         "shutdown)", labels=["model"])
+        yield from self.pool_metrics()
         every = self.pool.stats()
         for model in self.pool.models():
             info.add_metric([model.id, model.backend, model.device, self.version], {})
@@ -147,6 +146,47 @@ class EngineCollector(Collector):
             ram.add_metric([model.id], stats.ram_cache_bytes)
             ram_hits.add_metric([model.id], stats.ram_cache_hit_tokens)
         yield from (info, ready, running, waiting, slots, kv, hits, cancelled, up, ram, ram_hits)
+
+    def pool_metrics(self) -> Iterator[Metric]:
+        """The model pool: what is loaded, the memory each model and the budget hold, loads,
+        unloads and the requests waiting for a model."""
+        pool = self.pool
+        loaded = GaugeMetricFamily("lokal_models_loaded", "Models loaded now")
+        status = GaugeMetricFamily("lokal_model_status", "1 for the status each configured "
+                                   "model is in", labels=["model", "status"])
+        memory = GaugeMetricFamily("lokal_model_memory_bytes", "Memory charged to the budget "
+                                   "per model (estimated before its first load, measured "
+                                   "after)", labels=["model", "device", "source"])
+        budget = GaugeMetricFamily("lokal_memory_budget_bytes", "Memory loaded models may "
+                                   "hold", labels=["device"])
+        seconds = GaugeMetricFamily("lokal_model_load_seconds", "Time the model's last load "
+                                    "took", labels=["model"])
+        waiting = GaugeMetricFamily("lokal_requests_waiting_for_model", "Requests waiting for "
+                                    "their model to load or for room to load it",
+                                    labels=["model"])
+        loads = CounterMetricFamily("lokal_model_loads", "Model loads by result",
+                                    labels=["model", "result"])
+        unloads = CounterMetricFamily("lokal_model_unloads", "Model unloads by reason: idle "
+                                      "(ttl), capacity (room for another), request",
+                                      labels=["model", "reason"])
+        states = pool.states()
+        loaded.add_metric([], sum(1 for s in states if s.status == "loaded"))
+        for state in states:
+            status.add_metric([state.id, str(state.status)], 1.0)
+            if state.status in ("loading", "loaded", "unloading"):
+                memory.add_metric([state.id, state.device,
+                                   "measured" if state.measured else "estimated"],
+                                  state.memory_bytes)
+            waiting.add_metric([state.id], state.waiting)
+        for device, size in pool.budgets.items():
+            budget.add_metric([device], size)
+        for model_id, took in pool.load_seconds.items():
+            seconds.add_metric([model_id], took)
+        for (model_id, result), count in pool.loads.items():
+            loads.add_metric([model_id, result], count)
+        for (model_id, reason), count in pool.unloads.items():
+            unloads.add_metric([model_id, reason], count)
+        yield from (loaded, status, memory, budget, seconds, waiting, loads, unloads)
 
 
 class RequestMetricsMiddleware:

@@ -16,8 +16,19 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    config: Path | None = Field(default=None, description="model YAML (configs/*.yaml)")
-    model: Path | None = Field(default=None, description="a GGUF file to serve instead")
+    config: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="model YAMLs (configs/*.yaml); comma-separated in env")
+    model: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="GGUF files to serve; comma-separated in env")
+    models_dir: Path | None = Field(default=None, description="a folder whose *.yaml files are "
+                                    "one model each, loaded on demand")
+    memory_budget: str = Field(default="75%", description="bytes, a size (6GiB) or a share of "
+                               "the RAM available at start (75%) that loaded models may hold")
+    max_loaded: int | None = Field(default=None, ge=1, description="models loaded at once")
+    load_timeout: float = Field(default=300.0, gt=0, description="seconds a request waits for "
+                                "its model to load, or for room to load it")
+    idle_unload: float = Field(default=0.0, ge=0, description="seconds idle before a model is "
+                               "unloaded (0: never); a model's ttl overrides it")
     context_length: int | None = Field(default=None, ge=16,
                                        description="context per request, for --model")
     backend: Literal["auto", "llamacpp", "vllm"] = "auto"
@@ -35,7 +46,7 @@ class ServerSettings(BaseSettings):
     shutdown_grace: int = Field(default=30, ge=0,
                                 description="seconds running requests get after SIGTERM")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "config", "model", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -57,11 +68,34 @@ class ServerSettings(BaseSettings):
         return tuple(dict.fromkeys(keys))
 
     def model_specs(self) -> list[ModelSpec]:
-        if self.model is not None and self.config is not None:
-            raise ValueError("give either a model file (--model) or a config (--config), not both")
-        if self.model is not None:
-            return [ModelSpec.from_gguf_path(self.model, self.context_length)]
-        spec = ModelSpec.from_yaml(self.config or DEFAULT_CONFIG)
+        """Every configured model: the models dir's YAMLs (not preloaded unless they say so),
+        then each --config and --model (preloaded unless they say not); with none of these,
+        the bundled default model. --context-length applies to --model and --config."""
+        specs: list[ModelSpec] = []
+        if self.models_dir is not None:
+            if not self.models_dir.is_dir():
+                raise ValueError(f"models dir {self.models_dir} is not a folder")
+            found = sorted(self.models_dir.glob("*.yaml"))
+            if not found:
+                raise ValueError(f"models dir {self.models_dir} holds no *.yaml model file")
+            for path in found:
+                spec = ModelSpec.from_yaml(path)
+                specs.append(spec if spec.preload is not None
+                             else spec.model_copy(update={"preload": False}))
+        named = [ModelSpec.from_yaml(path) for path in self.config]
+        named += [ModelSpec.from_gguf_path(path, self.context_length) for path in self.model]
+        if not specs and not named:
+            named = [ModelSpec.from_yaml(DEFAULT_CONFIG)]
         if self.context_length is not None:
-            spec = spec.model_copy(update={"context_length": self.context_length})
-        return [spec]
+            named = [s.model_copy(update={"context_length": self.context_length}) for s in named]
+        return specs + named
+
+    def budgets(self, gpu_memory: int = 0) -> dict[str, int]:
+        """Bytes loaded models may hold: host RAM from --memory-budget (a share of the RAM
+        available now), and each GPU's memory as NVML reports it."""
+        from backends.budget import available_ram, parse_size
+
+        budgets = {"cpu": parse_size(self.memory_budget, available_ram())}
+        if gpu_memory:
+            budgets["gpu"] = gpu_memory
+        return budgets

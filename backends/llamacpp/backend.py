@@ -26,7 +26,7 @@ from backends.base import (
     TokenPrompt,
     Usage,
 )
-from backends.chat_template import ChatTemplate
+from backends.chat_template import ChatTemplate, template_source
 from backends.errors import (
     ContextLengthExceeded,
     EngineDown,
@@ -110,6 +110,8 @@ class LlamaCppBackend:
         if template is None:
             logger.warning("model %s has no chat template; using lokal's ChatML fallback",
                            self._spec.id)
+        self._info = dataclasses.replace(self._info, chat_template=template_source(
+            self._spec.chat_template, metadata.get("tokenizer.chat_template")))
         self._template = ChatTemplate(
             template,
             bos_token=self._token_text(self._model.token_bos()),
@@ -195,11 +197,19 @@ class LlamaCppBackend:
         )
 
     async def stop(self) -> None:
+        """Answers the requests in flight with an error, joins the engine thread, then frees
+        the llama.cpp context and model; never frees them under a thread still running."""
         if self._scheduler is not None:
-            await asyncio.to_thread(self._scheduler.stop)
+            if not await asyncio.to_thread(self._scheduler.stop):
+                logger.error("model %s: the engine thread did not stop; its memory is kept",
+                             self._spec.id)
+                return
             self._scheduler = None
         if self._embedder is not None:
-            await asyncio.to_thread(self._embedder.close)
+            if not await asyncio.to_thread(self._embedder.close):
+                logger.error("model %s: the embeddings thread did not stop; its memory is kept",
+                             self._spec.id)
+                return
             self._embedder = None
         self._ctx = None
         if self._ctx_owner is not None:
@@ -320,6 +330,9 @@ class LlamaCppBackend:
                 if event.error is not None:
                     if scheduler.error is not None:
                         raise EngineDown(scheduler.error)
+                    if scheduler.stopping:
+                        raise NotReady(f"model {self._spec.id} was stopped while this request "
+                                       "ran (the server is shutting down or unloading it)")
                     raise EngineFailure(event.error)
                 if event.finish_reason is None:
                     yield Chunk(event.index, event.text, event.token_ids,

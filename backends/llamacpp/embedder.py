@@ -78,20 +78,23 @@ class Embedder:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 60.0) -> bool:
+        """Stop the thread, answer waiting inputs, free the context; False (nothing freed)
+        if the thread did not end within `timeout`."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():
-            return  # still decoding: leave its memory alone rather than free it under it
+            return False  # still decoding: leave its memory alone rather than free it under it
         for job in self._waiting:
             if not job.cancelled.is_set():
                 job.done(None, "the server is shutting down")
         self._waiting.clear()
         llama_cpp.llama_batch_free(self._batch)
         self._owner.close()
+        return True
 
     def submit(self, jobs: Sequence[EmbedJob]) -> None:
         """Queue all inputs of one request at once, so they can share a step."""

@@ -119,13 +119,22 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the engine thread after its current step; the requests it still holds are
+        answered with an error. False if the thread did not end within `timeout` (then
+        nothing it uses may be freed)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout)
-        if not self._thread.is_alive():
-            llama_cpp.llama_batch_free(self._batch)
+        if self._thread.is_alive():
+            return False
+        llama_cpp.llama_batch_free(self._batch)
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def error(self) -> str | None:
@@ -174,6 +183,7 @@ class Scheduler:
                     while not self._stopping and not self._active and not self._waiting:
                         self._cond.wait()
                     if self._stopping:
+                        self._die_stopped()
                         break
                 try:
                     with self._cond:
@@ -434,6 +444,14 @@ class Scheduler:
             # A sibling that never got the prompt's cells holds nothing reusable.
             seq.slot.tokens.clear()
             llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, 0, -1)
+
+    def _die_stopped(self) -> None:
+        """Answer everyone still waiting or running when the engine is stopped (lock held)."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for job in waiting:
+            job.emit(Event(0, error="the engine was stopped"))
+        self._fail_all("the engine was stopped")
 
     def _die(self, message: str) -> None:
         """Answer everyone still waiting or running: nobody is left to serve them."""

@@ -24,7 +24,7 @@ from backends.base import (
     TokenPrompt,
     Usage,
 )
-from backends.chat_template import ChatTemplate
+from backends.chat_template import ChatTemplate, template_source
 from backends.errors import (
     BackendError,
     BackendUnavailable,
@@ -119,6 +119,8 @@ class VllmBackend:
         if template is None:
             logger.warning("model %s has no chat template; using lokal's ChatML fallback",
                            self._spec.id)
+        self._info = dataclasses.replace(self._info, chat_template=template_source(
+            self._spec.chat_template, engine.chat_template))
         self._template = ChatTemplate(template, bos_token=engine.bos_token,
                                       eos_token=engine.eos_token)
         self._fim = find_fim_format(engine.tokenizer.get_vocab())

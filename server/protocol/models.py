@@ -1,8 +1,9 @@
-"""Wire shapes of /v1/models."""
+"""Wire shapes of /v1/models: OpenAI's Model, plus what lokal adds about each model's engine
+and its place in the model pool."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -27,6 +28,13 @@ class Model(TypedDict):
     backend_reason: str
     device: str
     capabilities: ModelCapabilities
+    status: Literal["unloaded", "loading", "loaded", "unloading", "failed"]
+    memory_bytes: int
+    memory: Literal["estimated", "measured"]
+    pinned: bool
+    ttl: float
+    chat_template: Literal["model", "config", "fallback"] | None
+    error: NotRequired[str]
 
 
 class ListModelsResponse(TypedDict):

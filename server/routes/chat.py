@@ -19,11 +19,10 @@ router = APIRouter()
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, pool: PoolDep, request_id: RequestIdDep
 ) -> Response:
-    backend = pool.get(body.model)
     generation = chat_request(body, request_id)
     tools = chat_tools(body)
     meta = streaming.StreamMeta.of("chatcmpl", body, request_id, generation.n)
-    chunks = await streaming.prime(start_generation(request, backend, generation))
+    chunks = await start_generation(request, pool, body.model, generation)
     if body.stream:
         return streaming.chat_stream(meta, chunks, generation.n, tools)
     result = await cancel_on_disconnect(

@@ -23,7 +23,6 @@ router = APIRouter()
 async def create_completion(
     body: CompletionRequest, request: Request, pool: PoolDep, request_id: RequestIdDep
 ) -> Response:
-    backend = pool.get(body.model)
     generations = completion_requests(body, request_id)
     n = generations[0].n
     meta = streaming.StreamMeta.of("cmpl", body, request_id, n)
@@ -31,7 +30,7 @@ async def create_completion(
     primed: list[AsyncGenerator[Chunk, None]] = []
     try:
         for generation in generations:
-            primed.append(await streaming.prime(start_generation(request, backend, generation)))
+            primed.append(await start_generation(request, pool, body.model, generation))
     except BaseException:
         for chunks in primed:
             await chunks.aclose()

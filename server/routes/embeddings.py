@@ -17,7 +17,8 @@ router = APIRouter()
 async def create_embedding(
     body: EmbeddingCreateRequest, request: Request, pool: PoolDep, request_id: RequestIdDep
 ) -> JSONResponse:
-    backend = pool.get(body.model)
-    result = await cancel_on_disconnect(
-        request, backend.embed(embedding_request(body, request_id)))
+    embedding = embedding_request(body, request_id)
+    async with pool.lease(body.model) as backend:
+        request.state.model = backend.info.id
+        result = await cancel_on_disconnect(request, backend.embed(embedding))
     return JSONResponse(embedding_response(result, body.model, body.encoding_format))

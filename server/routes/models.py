@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{model}."""
+"""GET /v1/models and /v1/models/{model}; POST /v1/models/{model}/load and /unload."""
 
 from __future__ import annotations
 
@@ -6,32 +6,55 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from backends.base import ModelInfo
+from backends.pool import ModelState
 from server.deps import PoolDep
 from server.protocol.models import ListModelsResponse, Model
 
 router = APIRouter()
 
 
-def _model(info: ModelInfo) -> Model:
-    return {
-        "id": info.id,
+def _model(state: ModelState) -> Model:
+    info = state.info
+    model: Model = {
+        "id": state.id,
         "object": "model",
         "created": info.created,
         "owned_by": info.owned_by,
         "context_length": info.context_length,
         "backend": info.backend,
         "backend_reason": info.backend_reason,
-        "device": info.device,
+        "device": info.device or state.device,
         "capabilities": asdict(info.capabilities),  # type: ignore[typeddict-item]
+        "status": state.status.value,
+        "memory_bytes": state.memory_bytes,
+        "memory": "measured" if state.measured else "estimated",
+        "pinned": state.pinned,
+        "ttl": state.ttl,
+        "chat_template": state.chat_template,
     }
+    if state.error is not None:
+        model["error"] = state.error
+    return model
 
 
 @router.get("/v1/models")
 async def list_models(pool: PoolDep) -> ListModelsResponse:
-    return {"object": "list", "data": [_model(info) for info in pool.models()]}
+    """Every configured model, loaded or not."""
+    return {"object": "list", "data": [_model(state) for state in pool.states()]}
+
+
+@router.post("/v1/models/{model:path}/load")
+async def load_model(model: str, pool: PoolDep) -> Model:
+    """Loads the model (making room as a request would) and returns it once loaded."""
+    return _model(await pool.load(model))
+
+
+@router.post("/v1/models/{model:path}/unload")
+async def unload_model(model: str, pool: PoolDep, force: bool = False) -> Model:
+    """Unloads the model once its running requests end; a pinned one only with force=true."""
+    return _model(await pool.unload(model, force=force))
 
 
 @router.get("/v1/models/{model:path}")
 async def retrieve_model(model: str, pool: PoolDep) -> Model:
-    return _model(pool.get(model).info)
+    return _model(pool.find(model))

@@ -205,7 +205,7 @@ def test_the_mounted_model_spec_is_one_lokal_accepts(rendered: dict[str, list[Ob
         assert spec.vllm is not None and spec.gguf is None  # no default leaked in
     else:
         assert spec == ModelSpec.from_yaml(REPO / "configs" / "smollm2-135m-instruct.yaml"
-                                           ).model_copy(update={"base_dir": None,
+                                           ).model_copy(update={"base_dir": None, "source": None,
                                                                 "llamacpp": spec.llamacpp})
 
 

@@ -3,6 +3,7 @@ internals, mid-stream failures as one SSE error event then [DONE], and error map
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from backends.base import BackendStats, Capabilities, Chunk, GenerationRequest, ModelInfo, Usage
 from backends.errors import Busy, EngineDown, EngineFailure, InvalidParameter
+from backends.footprint import Footprint
 from backends.hardware import Hardware
 from backends.pool import ModelPool
 from backends.spec import ModelSpec
@@ -57,19 +59,11 @@ class FaultyBackend:
             self.closed = True
 
 
-class FakePool(ModelPool):
-    def __init__(self, backend: FaultyBackend) -> None:
-        super().__init__([ModelSpec.model_validate({"id": "faulty", "gguf": {"path": "/x"}})],
-                         Hardware((), "test"))
-        self._fake = backend
-
-    def prepare(self) -> None:
-        self._pending["faulty"] = self._fake
-
-
 def _client(mode: str) -> tuple[TestClient, FaultyBackend]:
     backend = FaultyBackend(mode)
-    pool = FakePool(backend)
+    pool = ModelPool([ModelSpec.model_validate({"id": "faulty", "gguf": {"path": "/x"}})],
+                     Hardware((), "test"), factory=lambda _: backend,
+                     estimator=lambda _: Footprint("cpu"))
     pool.prepare()
     app = create_app(ServerSettings(), pool)
     return TestClient(app, raise_server_exceptions=False), backend
@@ -82,8 +76,6 @@ def _wait_ready(client: TestClient) -> None:
     for _ in range(100):
         if client.get("/health/ready").status_code == 200:
             return
-        import time
-
         time.sleep(0.01)
     raise AssertionError("fake pool never became ready")
 
@@ -164,17 +156,25 @@ def test_a_healthy_engine_reports_up() -> None:
         assert 'lokal_engine_up{model="faulty"} 1.0' in client.get("/metrics").text
 
 
-def test_not_ready_is_503_with_retry_after() -> None:
-    backend = FaultyBackend("ok")
-    pool = FakePool(backend)
-    app = create_app(ServerSettings(), pool)
-    # No lifespan: the pool never loads.
-    app.state.pool = pool
-    client = TestClient(app, raise_server_exceptions=False)
-    assert client.get("/health/ready").status_code == 503
-    assert client.get("/health/live").status_code == 200
-    r = client.post("/v1/chat/completions", json=BODY)
-    assert r.status_code == 503 and r.headers["retry-after"]
+class NeverLoads(FaultyBackend):
+    async def start(self) -> None:
+        await asyncio.Event().wait()  # a load that outlasts the request's patience
+
+
+def test_a_load_longer_than_load_timeout_is_503_with_retry_after() -> None:
+    backend = NeverLoads("ok")
+    pool = ModelPool([ModelSpec.model_validate({"id": "faulty", "gguf": {"path": "/x"}})],
+                     Hardware((), "test"), factory=lambda _: backend,
+                     estimator=lambda _: Footprint("cpu"), load_timeout=0.3)
+    pool.prepare()
+    with TestClient(create_app(ServerSettings(), pool), raise_server_exceptions=False) as client:
+        assert client.get("/health/ready").status_code == 503
+        assert client.get("/health/live").status_code == 200
+        r = client.post("/v1/chat/completions", json=BODY)
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["error"]["code"] == "model_not_ready"
+        assert "still loading" in r.json()["error"]["message"]
+        validate(r.json(), "ErrorResponse")
 
 
 def test_mapping_table() -> None:
