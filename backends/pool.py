@@ -229,6 +229,7 @@ class ModelPool:
         """Stop every engine; requests still running are answered with an error by it."""
         self.ready = False
         self._closing = True
+        self._notify()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -292,6 +293,8 @@ class ModelPool:
         try:
             while True:
                 now = time.monotonic()
+                if self._closing:
+                    raise NotReady("the server is shutting down", retry_after=5)
                 if entry.status is Status.LOADED and not entry.draining:
                     return
                 if entry.status is Status.FAILED and entry.retry_in(now) > 0:
@@ -356,6 +359,8 @@ class ModelPool:
             for victim in victims:
                 await self._unload_now(victim, "capacity")
             if self._closing:
+                entry.status = Status.UNLOADED
+                self._notify()
                 return
             before = resident_bytes()
             started = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backends import registry
@@ -77,3 +79,21 @@ def test_probe_on_this_machine_finds_no_gpu() -> None:
 
     hw = probe()
     assert not hw.has_nvidia_gpu and hw.device == "cpu" and hw.note
+
+
+def test_vllm_footprint_on_a_gpu_is_its_share_of_each_gpu_or_weights_plus_kv(
+        tmp_path: Path) -> None:
+    from backends.footprint import vllm_footprint
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 4000)
+    spec = ModelSpec.model_validate({"id": "m", "vllm": {"model": str(tmp_path)}})
+    gpu = Hardware(("H200",), "test", gpu_memory=140 * 10**9)
+    args: dict[str, object] = {"model": str(tmp_path), "gpu_memory_utilization": 0.5}
+    assert vllm_footprint(spec, args, gpu).total == 70 * 10**9
+    assert vllm_footprint(spec, args, gpu).device == "gpu"
+    sized = vllm_footprint(spec, {"model": str(tmp_path), "kv_cache_memory_bytes": 10**9,
+                                  "tensor_parallel_size": 2}, gpu)
+    assert (sized.weights, sized.kv_cache) == (2000, 10**9)
+    cpu = vllm_footprint(spec, {"model": str(tmp_path), "dtype": "float32",
+                                "kv_cache_memory_bytes": 10**9}, Hardware((), "test"))
+    assert (cpu.device, cpu.weights, cpu.kv_cache) == ("cpu", 8000, 10**9)

@@ -43,6 +43,7 @@ def _assert_401(r: httpx.Response) -> dict[str, str]:
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/models"), ("GET", f"/v1/models/{MODEL}"), ("POST", "/v1/chat/completions"),
+    ("POST", f"/v1/models/{MODEL}/load"), ("POST", f"/v1/models/{MODEL}/unload"),
     ("POST", "/v1/completions"), ("GET", "/metrics"), ("GET", "/docs"),
     ("GET", "/openapi.json"), ("GET", "/v1/not-a-route"),
 ])

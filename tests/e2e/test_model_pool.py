@@ -23,18 +23,24 @@ from tests.e2e.sse import read_events
 from tests.e2e.test_metrics import scrape, value
 from tests.openapi import validate
 
-SMOL = ModelSpec.from_yaml(DEFAULT_CONFIG).gguf_path()
 GEMMA_CONFIG = REPO / "configs" / "gemma-3-270m.yaml"
-GEMMA = ModelSpec.from_yaml(GEMMA_CONFIG).gguf_path()
 GEMMA_TEMPLATE = yaml.safe_load(GEMMA_CONFIG.read_text())["chat_template"]
+SMOL, GEMMA = "smol", "gemma"
 MiB = 2**20
 
 
-def write_model(folder: Path, model_id: str, gguf: Path, **extra: Any) -> None:
-    """One model YAML: 1024 tokens x 2 slots, no prompt cache (so that the whole footprint is
-    what loading allocates), plus `extra` keys."""
+def gguf_of(model: str) -> Path:
+    """The GGUF file of SMOL or GEMMA (resolved when a test runs: the vLLM venv that collects
+    these tests has neither)."""
+    return ModelSpec.from_yaml(DEFAULT_CONFIG if model == SMOL else GEMMA_CONFIG).gguf_path()
+
+
+def write_model(folder: Path, model_id: str, gguf: str | Path, **extra: Any) -> None:
+    """One model YAML over SMOL's or GEMMA's file (or a path): 1024 tokens x 2 slots, no prompt
+    cache (so that the whole footprint is what loading allocates), plus `extra` keys."""
     spec: dict[str, Any] = {
-        "id": model_id, "gguf": {"path": str(gguf)}, "context_length": 1024,
+        "id": model_id, "gguf": {"path": str(gguf_of(gguf) if isinstance(gguf, str) else gguf)},
+        "context_length": 1024,
         "llamacpp": {"parallel": 2, "n_batch": 64, "prompt_cache_mib": 0}}
     if gguf == GEMMA:
         spec["chat_template"] = GEMMA_TEMPLATE
@@ -46,8 +52,9 @@ def write_model(folder: Path, model_id: str, gguf: Path, **extra: Any) -> None:
 def serve(tmp_path: Path) -> Iterator[Any]:
     started: list[Server] = []
 
-    def start(*args: str) -> tuple[Server, httpx.Client]:
-        server = start_server(tmp_path, "--models-dir", str(tmp_path / "models"), *args)
+    def start(*args: str, env: dict[str, str] | None = None) -> tuple[Server, httpx.Client]:
+        server = start_server(tmp_path, "--models-dir", str(tmp_path / "models"), *args,
+                              env=env)
         started.append(server)
         return server, httpx.Client(base_url=server.base_url, timeout=120)
 
@@ -122,7 +129,7 @@ def test_each_model_renders_its_own_template(tmp_path: Path, serve: Any) -> None
                          "<end_of_turn>\n<start_of_turn>model\n", False),
     }
     for model_id, (gguf, text, add_bos) in expected.items():
-        vocab = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+        vocab = llama_cpp.Llama(model_path=str(gguf_of(gguf)), vocab_only=True, verbose=False)
         tokens = vocab.tokenize(text.encode(), add_bos, True)
         r = chat(http, model_id, messages=messages)
         assert r.status_code == 200, r.text
@@ -204,7 +211,7 @@ def test_a_long_stream_ends_with_done_while_another_model_waits_for_its_memory(
 def test_failures_ttl_and_the_load_and_unload_endpoints(tmp_path: Path, serve: Any) -> None:
     folder = tmp_path / "models"
     broken = tmp_path / "truncated.gguf"
-    broken.write_bytes(SMOL.read_bytes()[:20 * MiB])  # header intact, tensors cut short
+    broken.write_bytes(gguf_of(SMOL).read_bytes()[:20 * MiB])  # header intact, tensors cut short
     write_model(folder, "smol", SMOL, ttl=2)
     write_model(folder, "broken", broken)
     write_model(folder, "pinned", SMOL, pinned=True)
@@ -242,3 +249,30 @@ def test_failures_ttl_and_the_load_and_unload_endpoints(tmp_path: Path, serve: A
     samples = scrape(http)
     assert value(samples, "lokal_model_unloads_total", model="smol", reason="idle") == 1
     assert value(samples, "lokal_model_unloads_total", model="pinned", reason="request") == 1
+
+
+@pytest.mark.backends("vllm")
+def test_a_vllm_model_loads_on_demand_unloads_and_loads_again(
+        tmp_path: Path, serve: Any, backend_name: str) -> None:
+    from tests.conftest import VLLM_CONFIG, VLLM_ENV
+
+    config = yaml.safe_load(VLLM_CONFIG.read_text())
+    spec = ModelSpec.from_yaml(VLLM_CONFIG)
+    assert spec.vllm is not None and spec.base_dir is not None
+    config["vllm"]["model"] = str((spec.base_dir / spec.vllm.model).resolve())
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vllm.yaml").write_text(yaml.safe_dump(config))
+    _, http = serve("--backend", "vllm", env=VLLM_ENV)
+    model = config["id"]
+    before = models(http)[model]
+    assert (before["status"], before["backend"], before["memory"]) == \
+        ("unloaded", "vllm", "estimated")
+    assert chat(http, model).status_code == 200
+    assert models(http)[model]["status"] == "loaded"
+    unloaded = http.post(f"/v1/models/{model}/unload")
+    assert unloaded.status_code == 200 and unloaded.json()["status"] == "unloaded"
+    again = chat(http, model)
+    assert again.status_code == 200, again.text
+    samples = scrape(http)
+    assert value(samples, "lokal_model_loads_total", model=model, result="success") == 2
+    assert value(samples, "lokal_model_unloads_total", model=model, reason="request") == 1
