@@ -79,7 +79,8 @@ async def complete(client: httpx.AsyncClient, base_url: str, model: str,
     try:
         async with client.stream("POST", f"{base_url}/v1/completions", json={
                 "model": model, "prompt": PROMPT, "max_tokens": max_tokens,
-                "temperature": 0, "stream": True}) as response:
+                "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}) as response:
             if response.status_code != 200:
                 out.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return out
@@ -99,6 +100,9 @@ async def complete(client: httpx.AsyncClient, base_url: str, model: str,
                     if out.tokens == 0:
                         out.ttft = time.perf_counter() - started
                     out.tokens += 1
+                usage = event.get("usage") or {}
+                if isinstance(usage.get("completion_tokens"), int):
+                    out.tokens = usage["completion_tokens"]  # chunks may carry several
     except httpx.HTTPError as exc:
         out.error = f"{type(exc).__name__}: {exc}"
     out.seconds = time.perf_counter() - started
