@@ -14,9 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from backends.base import Backend, BackendStats, ModelInfo
 from backends.budget import Resident, choose_unloads, human, resident_bytes
@@ -29,105 +27,18 @@ from backends.errors import (
 )
 from backends.footprint import Footprint
 from backends.hardware import Hardware
+from backends.pool_entry import (
+    HOLDS_MEMORY,
+    RETRY_MAX,
+    Entry,
+    Lease,
+    ModelState,
+    Status,
+)
 from backends.registry import choose_backend, create_backend, estimate_footprint
 from backends.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-RETRY_FIRST = 5.0
-RETRY_MAX = 300.0
-"""Back-off before a request retries a failed load: 5 s, doubling, at most 5 minutes."""
-
-
-class Status(StrEnum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"
-    FAILED = "failed"
-
-
-HOLDS_MEMORY = (Status.LOADING, Status.LOADED, Status.UNLOADING)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelState:
-    """One configured model as /v1/models and the metrics show it."""
-
-    id: str
-    status: Status
-    memory_bytes: int
-    measured: bool
-    device: str
-    pinned: bool
-    ttl: float
-    error: str | None
-    info: ModelInfo
-    """The engine's info when loaded; before that, what the configuration says."""
-    running: int
-    waiting: int
-
-    @property
-    def chat_template(self) -> Literal["model", "config", "fallback"] | None:
-        return self.info.chat_template
-
-
-class _Entry:
-    def __init__(self, spec: ModelSpec, engine: str, reason: str, ttl: float,
-                 preload: bool) -> None:
-        self.spec = spec
-        self.engine = engine
-        self.reason = reason
-        self.ttl = ttl
-        self.preload = preload
-        self.status = Status.UNLOADED
-        self.backend: Backend | None = None
-        self.info = ModelInfo(id=spec.id, context_length=spec.context_length, backend=engine,
-                              backend_reason=reason, device="", owned_by=spec.owned_by,
-                              chat_template="config" if spec.chat_template else None)
-        self.estimate: Footprint | None = None
-        self.measured: int | None = None
-        self.error: str | None = None
-        self.failures = 0
-        self.failed_at = 0.0
-        self.leases = 0
-        self.waiting = 0
-        self.last_used = 0.0
-        self.draining = False
-        """An explicit unload is waiting for running requests: new ones wait too."""
-
-    @property
-    def memory(self) -> int:
-        """Bytes charged to the budget: the measured load plus the caches that fill later."""
-        estimate = self.estimate.total if self.estimate is not None else 0
-        if self.measured is None or self.estimate is None:
-            return estimate
-        return self.measured + self.estimate.prompt_cache
-
-    @property
-    def device(self) -> str:
-        return self.estimate.device if self.estimate is not None else "cpu"
-
-    def retry_in(self, now: float) -> float:
-        wait = min(RETRY_FIRST * 2.0 ** max(self.failures - 1, 0), RETRY_MAX)
-        return self.failed_at + wait - now
-
-
-class Lease:
-    """A request's hold on a loaded model: the model is not unloaded until it is released."""
-
-    def __init__(self, pool: ModelPool, entry: _Entry) -> None:
-        assert entry.backend is not None
-        self.backend: Backend = entry.backend
-        self._pool = pool
-        self._entry = entry
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool._release(self._entry)
-
 
 Factory = Callable[[ModelSpec], Backend]
 Estimator = Callable[[ModelSpec], Footprint]
@@ -174,7 +85,7 @@ class ModelPool:
         self._estimator = estimator or (lambda spec: estimate_footprint(spec, hardware,
                                                                         forced_backend))
         self._measure = measure
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._changed = asyncio.Event()
         self._lifecycle = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -201,7 +112,7 @@ class ModelPool:
                     spec.gguf_path()  # a missing file is a configuration error: stop now
             ttl = spec.ttl if spec.ttl is not None else self._idle_unload
             preload = spec.preload if spec.preload is not None else self._preload_default
-            entry = _Entry(spec, engine, reason, 0.0 if spec.pinned else ttl, preload)
+            entry = Entry(spec, engine, reason, 0.0 if spec.pinned else ttl, preload)
             self._entries[spec.id] = entry
             try:
                 entry.estimate = self._estimator(spec)
@@ -242,7 +153,7 @@ class ModelPool:
 
     # -- what requests use ------------------------------------------------------------
 
-    def _entry(self, name: str) -> _Entry:
+    def _entry(self, name: str) -> Entry:
         spec = self._names.get(name)
         if spec is None:
             known = ", ".join(s.id for s in self._specs)
@@ -259,7 +170,7 @@ class ModelPool:
         if entry.status is Status.LOADED and not entry.draining:
             return self._lease(entry)
         deadline = time.monotonic() + self.load_timeout
-        await self._wait_loaded(entry, deadline, lease=True)
+        await self._wait_loaded(entry, deadline)
         return self._lease(entry)
 
     @asynccontextmanager
@@ -270,12 +181,12 @@ class ModelPool:
         finally:
             held.release()
 
-    def _lease(self, entry: _Entry) -> Lease:
+    def _lease(self, entry: Entry) -> Lease:
         entry.leases += 1
         entry.last_used = time.monotonic()
-        return Lease(self, entry)
+        return Lease(entry, self._release)
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: Entry) -> None:
         entry.leases -= 1
         entry.last_used = time.monotonic()
         self._notify()
@@ -283,7 +194,7 @@ class ModelPool:
     def waiting_total(self) -> int:
         return sum(e.waiting for e in self._entries.values())
 
-    async def _wait_loaded(self, entry: _Entry, deadline: float, lease: bool = False) -> None:
+    async def _wait_loaded(self, entry: Entry, deadline: float) -> None:
         """Return once `entry` is loaded (and not draining), starting its load when it is
         not loading and room can be made."""
         if self.waiting_total() >= self.max_waiting:
@@ -313,7 +224,7 @@ class ModelPool:
         finally:
             entry.waiting -= 1
 
-    def _timeout(self, entry: _Entry) -> NotReady:
+    def _timeout(self, entry: Entry) -> NotReady:
         if entry.status is Status.LOADING:
             return NotReady(f"model {entry.spec.id} is still loading after "
                             f"{self.load_timeout:.0f} s", retry_after=10)
@@ -330,7 +241,7 @@ class ModelPool:
                          busy=bool(e.leases or e.waiting), leaving=e.status is Status.UNLOADING)
                 for e in self._entries.values() if e.status in HOLDS_MEMORY]
 
-    def _try_load(self, entry: _Entry) -> None:
+    def _try_load(self, entry: Entry) -> None:
         """Start loading `entry` if room can be made now, unloading idle models first."""
         if entry.estimate is None:
             try:
@@ -354,7 +265,7 @@ class ModelPool:
         self._spawn(self._make_room_and_load(entry, gone))
         self._notify()
 
-    async def _make_room_and_load(self, entry: _Entry, victims: list[_Entry]) -> None:
+    async def _make_room_and_load(self, entry: Entry, victims: list[Entry]) -> None:
         async with self._lifecycle:
             for victim in victims:
                 await self._unload_now(victim, "capacity")
@@ -402,7 +313,7 @@ class ModelPool:
                         else "estimated")
             self._notify()
 
-    def _fail(self, entry: _Entry, reason: str) -> None:
+    def _fail(self, entry: Entry, reason: str) -> None:
         entry.status = Status.FAILED
         entry.error = reason
         entry.failures += 1
@@ -410,7 +321,7 @@ class ModelPool:
         entry.backend = None
         self._notify()
 
-    async def _unload_now(self, entry: _Entry, reason: str) -> None:
+    async def _unload_now(self, entry: Entry, reason: str) -> None:
         """Stop `entry`'s engine (the caller holds the lifecycle lock, and no lease is held)."""
         entry.status = Status.UNLOADING
         await self._stop_engine(entry)
@@ -420,7 +331,7 @@ class ModelPool:
         logger.info("model %s unloaded (%s)", entry.spec.id, reason)
         self._notify()
 
-    async def _stop_engine(self, entry: _Entry) -> None:
+    async def _stop_engine(self, entry: Entry) -> None:
         backend, entry.backend = entry.backend, None
         if backend is not None:
             try:
@@ -475,7 +386,7 @@ class ModelPool:
                     entry.status = Status.UNLOADING
                     self._spawn(self._unload_idle(entry))
 
-    async def _unload_idle(self, entry: _Entry) -> None:
+    async def _unload_idle(self, entry: Entry) -> None:
         async with self._lifecycle:
             if entry.waiting or entry.leases:  # a request came while the lock was busy
                 entry.status = Status.LOADED
@@ -495,12 +406,7 @@ class ModelPool:
     # -- what the server shows ----------------------------------------------------------
 
     def state(self, model_id: str) -> ModelState:
-        e = self._entries[model_id]
-        return ModelState(
-            id=e.spec.id, status=e.status, memory_bytes=e.memory,
-            measured=e.measured is not None, device=e.device, pinned=e.spec.pinned,
-            ttl=e.ttl, error=e.error if e.status is Status.FAILED else None, info=e.info,
-            running=e.leases, waiting=e.waiting)
+        return self._entries[model_id].snapshot()
 
     def find(self, name: str) -> ModelState:
         return self.state(self._entry(name).spec.id)

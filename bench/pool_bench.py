@@ -20,8 +20,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,64 +162,57 @@ def page_cache(*paths: Path) -> None:
                 pass
 
 
-@contextmanager
-def serving(make: Callable[[bool], ServerProcess], only_one: bool) -> Iterator[str]:
-    server = make(only_one)
-    with server.running():
-        yield server.base_url
+Servers = dict[str, Callable[[bool], ServerProcess]]
+Body = Callable[[httpx.AsyncClient, str], Awaitable[tuple[list[Outcome], float]]]
 
 
-def run_cold(setup: Setup, servers: dict[str, Callable[[bool], ServerProcess]],
-             reps: int) -> Workload:
-    work = Workload("cold")
+def measure(name: str, servers: Servers, reps: int, only_one: bool, body: Body,
+            before: Callable[[], None] = lambda: None) -> Workload:
+    """`body` (outcomes, timed seconds) on a fresh server of each kind, interleaved per rep."""
+    work = Workload(name)
     for _ in range(reps):
-        for name, make in servers.items():
-            page_cache(setup.smol, setup.gemma)
-            with serving(make, False) as url:
-                async def one(base: str = url) -> Outcome:
-                    async with httpx.AsyncClient(timeout=300) as client:
-                        return await complete(client, base, "gemma", 8)
-                work.outcomes.setdefault(name, []).append(asyncio.run(one()))
-    return work
-
-
-def run_swap(servers: dict[str, Callable[[bool], ServerProcess]], reps: int,
-             rounds: int) -> Workload:
-    work = Workload("swap")
-    for _ in range(reps):
-        for name, make in servers.items():
-            with serving(make, True) as url:
-                async def alternate(base: str = url) -> tuple[list[Outcome], float]:
-                    async with httpx.AsyncClient(timeout=300) as client:
-                        begun = time.perf_counter()
-                        got = [await complete(client, base, ("smol", "gemma")[i % 2], 16)
-                               for i in range(rounds)]
-                        return got, time.perf_counter() - begun
-                got, wall = asyncio.run(alternate())
-                work.outcomes.setdefault(name, []).extend(got)
-                work.wall.setdefault(name, []).append(wall)
-    return work
-
-
-def run_spread(servers: dict[str, Callable[[bool], ServerProcess]], reps: int,
-               max_tokens: int) -> Workload:
-    work = Workload("spread")
-    for _ in range(reps):
-        for name, make in servers.items():
-            with serving(make, False) as url:
-                async def spread(base: str = url) -> tuple[list[Outcome], float]:
+        for server_name, make in servers.items():
+            before()
+            server = make(only_one)
+            with server.running():
+                async def run(base: str = server.base_url) -> tuple[list[Outcome], float]:
                     async with httpx.AsyncClient(timeout=600) as client:
-                        for model in ("smol", "gemma"):  # both loaded before timing
-                            await complete(client, base, model, 2)
-                        begun = time.perf_counter()
-                        got = await asyncio.gather(*(
-                            complete(client, base, ("smol", "gemma")[i % 2], max_tokens)
-                            for i in range(8)))
-                        return list(got), time.perf_counter() - begun
-                got, wall = asyncio.run(spread())
-                work.outcomes.setdefault(name, []).extend(got)
-                work.wall.setdefault(name, []).append(wall)
+                        return await body(client, base)
+                got, wall = asyncio.run(run())
+            work.outcomes.setdefault(server_name, []).extend(got)
+            work.wall.setdefault(server_name, []).append(wall)
     return work
+
+
+def run_cold(setup: Setup, servers: Servers, reps: int) -> Workload:
+    async def first(client: httpx.AsyncClient, base: str) -> tuple[list[Outcome], float]:
+        got = await complete(client, base, "gemma", 8)
+        return [got], got.seconds
+
+    return measure("cold", servers, reps, False, first,
+                   before=lambda: page_cache(setup.smol, setup.gemma))
+
+
+def run_swap(servers: Servers, reps: int, rounds: int) -> Workload:
+    async def alternate(client: httpx.AsyncClient, base: str) -> tuple[list[Outcome], float]:
+        begun = time.perf_counter()
+        got = [await complete(client, base, ("smol", "gemma")[i % 2], 16)
+               for i in range(rounds)]
+        return got, time.perf_counter() - begun
+
+    return measure("swap", servers, reps, True, alternate)
+
+
+def run_spread(servers: Servers, reps: int, max_tokens: int) -> Workload:
+    async def spread(client: httpx.AsyncClient, base: str) -> tuple[list[Outcome], float]:
+        for model in ("smol", "gemma"):  # both loaded before timing
+            await complete(client, base, model, 2)
+        begun = time.perf_counter()
+        got = await asyncio.gather(*(complete(client, base, ("smol", "gemma")[i % 2],
+                                              max_tokens) for i in range(8)))
+        return list(got), time.perf_counter() - begun
+
+    return measure("spread", servers, reps, False, spread)
 
 
 def med(values: list[float]) -> float:
@@ -284,7 +276,7 @@ def main() -> int:
         sizes.append(llamacpp_footprint(spec).total)
     setup.lokal_budget_one = str(int(max(sizes) * 1.3))
     setup.lokal_budget_two = str(int(sum(sizes) * 1.5))
-    servers: dict[str, Callable[[bool], ServerProcess]] = {
+    servers: Servers = {
         "lokal": setup.lokal, "llama-server": setup.llama_server}
     facts = {**machine_facts(), "lokal": git("rev-parse", "--short", "HEAD"),
              "llama_server": llama_server_version(binary),

@@ -11,7 +11,8 @@ from collections.abc import AsyncGenerator
 from fastapi import Request
 
 from backends.base import Chunk, GenerationRequest
-from backends.pool import Lease, ModelPool
+from backends.pool import ModelPool
+from backends.pool_entry import Lease
 from server.limits import with_deadline
 from server.metrics import Metrics
 from server.settings import ServerSettings

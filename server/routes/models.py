@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from backends.pool import ModelState
+from backends.pool_entry import ModelState
 from server.deps import PoolDep
 from server.protocol.models import ListModelsResponse, Model
 

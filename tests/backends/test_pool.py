@@ -18,7 +18,8 @@ from backends.errors import ModelLoadFailed, ModelTooLarge, NotReady
 from backends.footprint import Footprint
 from backends.hardware import Hardware
 from backends.llamacpp.backend import LlamaCppBackend
-from backends.pool import ModelPool, Status
+from backends.pool import ModelPool
+from backends.pool_entry import Status
 from backends.spec import ModelSpec
 from tests.tiny_gguf import write_tiny_gguf
 
