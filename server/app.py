@@ -19,7 +19,7 @@ from backends.hardware import Hardware, probe
 from backends.pool import ModelPool
 from server import errors
 from server.auth import APIKeyMiddleware
-from server.limits import BodyLimitMiddleware
+from server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from server.logs import REQUEST_ID
 from server.metrics import Metrics, RequestMetricsMiddleware
 from server.routes import chat, completions, embeddings, health, metrics, models
@@ -64,7 +64,10 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
 
     # Outermost last: request id, metrics, CORS (preflights answered before auth), API key,
     # body size.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes,
+                       idle=settings.body_idle_timeout)
+    app.add_middleware(HeaderLimitMiddleware, limit=settings.max_headers,
+                       max_bytes=settings.max_header_bytes)
     app.add_middleware(APIKeyMiddleware, keys=api_keys, metrics_open=settings.metrics_open)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

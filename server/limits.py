@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Chunk
@@ -18,18 +21,28 @@ def body_too_large(limit: int) -> APIError:
                     "bytes (LOKAL_MAX_BODY_BYTES).", code="request_too_large")
 
 
-class _BodyTooLarge(Exception):
-    pass
+def body_too_slow(seconds: float) -> APIError:
+    return APIError(408, f"The request body stalled: no data for {seconds:g} seconds.",
+                    code="request_timeout")
+
+
+class _BodyRefused(Exception):
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class BodyLimitMiddleware:
     """Refuses a body over `limit` bytes with 413: at once from Content-Length, or while it
-    streams in (chunked uploads send none). FastAPI turns an exception raised while it reads
-    the body into a 400, so the overflow is remembered here and the answer replaced."""
+    streams in (chunked uploads send none); and a body that stops arriving for `idle`
+    seconds with 408 (a client that declares a huge chunk and sends nothing would otherwise
+    hold its connection and task forever). FastAPI turns an exception raised while it reads
+    the body into a 400, so the refusal is remembered here and the answer replaced."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, idle: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.idle = idle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,32 +55,40 @@ class BodyLimitMiddleware:
             return
 
         received = 0
-        exceeded = False
+        refused: APIError | None = None
         started = False
+        body_done = False
 
         async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received, refused, body_done
+            if body_done:  # afterwards receive() only waits for the client to go away
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle)
+            except TimeoutError:
+                refused = body_too_slow(self.idle)
+                raise _BodyRefused(refused) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.limit:
-                    exceeded = True
-                    raise _BodyTooLarge
+                    refused = body_too_large(self.limit)
+                    raise _BodyRefused(refused)
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if exceeded:
+            if refused is not None:
                 return  # the app's answer to the broken read; ours goes out instead
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
-        except _BodyTooLarge:
+        except _BodyRefused:
             pass
-        if exceeded and not started:
-            await error_response(body_too_large(self.limit), request_id)(scope, receive, send)
+        if refused is not None and not started:
+            await error_response(refused, request_id)(scope, receive, send)
 
 
 def request_timeout(seconds: float) -> APIError:
@@ -122,3 +143,72 @@ async def with_deadline(
     finally:
         timer.cancel()
         await chunks.aclose()
+
+
+def lone_surrogate(value: Any, where: str = "") -> str | None:
+    """The JSON path of the first string (or key) in `value` holding a lone UTF-16 surrogate:
+    JSON's `\\ud800` escape decodes to one, which no UTF-8 text (prompts, logs) can carry."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return path or "body"
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                if _SURROGATE.search(key):
+                    return f"{path}.{key!r}" if path else repr(key)
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+async def reject_lone_surrogates(request: Request) -> None:
+    """A route dependency: 400 for a JSON body with a lone surrogate escape anywhere. FastAPI
+    has read the body before dependencies run, so this parses the cached bytes again."""
+    body = await request.body()
+    if b"\\u" not in body and b"\\U" not in body:
+        return
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return  # FastAPI answers malformed JSON itself
+    where = lone_surrogate(parsed)
+    if where is not None:
+        raise APIError(400, f"Invalid value for '{where}': the string holds a lone UTF-16 "
+                       "surrogate (an unpaired \\ud800-\\udfff escape), which is not text.",
+                       param=where, code="invalid_value")
+
+
+class HeaderLimitMiddleware:
+    """431 for a request with more than `limit` headers, or more than `max_bytes` of them."""
+
+    def __init__(self, app: ASGIApp, limit: int, max_bytes: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", ())
+        size = sum(len(name) + len(value) for name, value in headers)
+        error = None
+        if len(headers) > self.limit:
+            error = APIError(431, f"The request has {len(headers)} headers, more than this "
+                             f"server's limit of {self.limit} (LOKAL_MAX_HEADERS).",
+                             code="too_many_headers")
+        elif size > self.max_bytes:
+            error = APIError(431, f"The request's headers take {size} bytes, more than this "
+                             f"server's limit of {self.max_bytes} (LOKAL_MAX_HEADER_BYTES).",
+                             code="headers_too_large")
+        if error is not None:
+            request_id = str(scope.get("state", {}).get("request_id", "unknown"))
+            await error_response(error, request_id)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

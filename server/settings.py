@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -9,6 +10,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.spec import DEFAULT_CONFIG, ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaLimits:
+    """The largest JSON schema (serialized bytes, nesting depth) a request may constrain its
+    output with; the grammar engine has its own limits on top."""
+
+    max_bytes: int = 64 * 1024
+    max_depth: int = 48
 
 
 class ServerSettings(BaseSettings):
@@ -45,6 +55,15 @@ class ServerSettings(BaseSettings):
                                    description="seconds per request; 0: no limit")
     shutdown_grace: int = Field(default=30, ge=0,
                                 description="seconds running requests get after SIGTERM")
+    max_schema_bytes: int = Field(default=64 * 1024, ge=256, description="largest JSON schema "
+                                  "(serialized) a request may constrain its output with")
+    max_schema_depth: int = Field(default=48, ge=4, description="deepest nesting of such a "
+                                  "schema")
+    max_headers: int = Field(default=100, ge=8, description="most HTTP headers in a request")
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, description="most bytes of "
+                                  "HTTP headers in a request")
+    body_idle_timeout: float = Field(default=30.0, gt=0, description="seconds a request body "
+                                     "may stall before 408")
 
     @field_validator("cors_origins", "config", "model", mode="before")
     @classmethod
@@ -89,6 +108,9 @@ class ServerSettings(BaseSettings):
         if self.context_length is not None:
             named = [s.model_copy(update={"context_length": self.context_length}) for s in named]
         return specs + named
+
+    def schema_limits(self) -> SchemaLimits:
+        return SchemaLimits(self.max_schema_bytes, self.max_schema_depth)
 
     def budgets(self, gpu_memory: int = 0) -> dict[str, int]:
         """Bytes loaded models may hold: host RAM from --memory-budget (a share of the RAM

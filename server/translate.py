@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from server.errors import APIError
 from server.protocol.chat import ChatCompletionMessageParam, ChatCompletionRequest
 from server.protocol.common import CompletionUsage, SamplingFields
 from server.protocol.completions import CompletionRequest
+from server.settings import SchemaLimits
 
 
 def _unsupported(param: str, why: str) -> APIError:
@@ -142,12 +144,38 @@ def _constraint(body: ChatCompletionRequest) -> Constraint | None:
     return Constraint(kind="json_schema", schema=fmt.json_schema.schema_)
 
 
-def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequest:
+def check_schema(schema: Any, param: str, limits: SchemaLimits) -> None:
+    """400 naming the limit when `schema` is larger or deeper than `limits` allow."""
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > limits.max_bytes:
+        raise APIError(400, f"Invalid '{param}': the JSON schema is {size} bytes, more than "
+                       f"this server's limit of {limits.max_bytes} (LOKAL_MAX_SCHEMA_BYTES).",
+                       param=param, code="schema_too_large")
+    level = [schema]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limits.max_depth:
+            raise APIError(400, f"Invalid '{param}': the JSON schema nests deeper than this "
+                           f"server's limit of {limits.max_depth} levels "
+                           "(LOKAL_MAX_SCHEMA_DEPTH).", param=param, code="schema_too_deep")
+        level = [child for node in level
+                 for child in (node.values() if isinstance(node, dict) else
+                               node if isinstance(node, list) else ())]
+
+
+def chat_request(body: ChatCompletionRequest, request_id: str,
+                 limits: SchemaLimits | None = None) -> GenerationRequest:
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.",
                        param="top_logprobs", code="invalid_value")
     messages = []
     for i, m in enumerate(body.messages):
+        if m.role == "tool" and not m.tool_call_id:
+            raise APIError(400, f"Missing required parameter: 'messages[{i}].tool_call_id' "
+                           "(a message with role 'tool' answers the tool call it names).",
+                           param=f"messages[{i}].tool_call_id",
+                           code="missing_required_parameter")
         calls = tuple(c.model_dump() for c in m.tool_calls or ())
         messages.append(ChatMessage(role=m.role, content=_content(m, i), name=m.name,
                                     tool_calls=calls, tool_call_id=m.tool_call_id))
@@ -161,8 +189,15 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> GenerationRequ
         sampling=_sampling(body, max_tokens),
         n=body.n or 1,
         logprobs=LogprobsRequest(body.top_logprobs or 0) if body.logprobs else None,
-        constraint=_constraint(body),
+        constraint=_limited(_constraint(body), limits or SchemaLimits()),
     )
+
+
+def _limited(constraint: Constraint | None, limits: SchemaLimits) -> Constraint | None:
+    if constraint is not None and constraint.schema is not None:
+        param = "tools" if constraint.kind == "tool_calls" else "response_format"
+        check_schema(constraint.schema, param, limits)
+    return constraint
 
 
 def completion_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[Prompt]:

@@ -17,7 +17,6 @@ from backends.base import (
     Capabilities,
     ChatPrompt,
     Chunk,
-    Constraint,
     EmbeddingRequest,
     EmbeddingResult,
     GenerationRequest,
@@ -36,7 +35,7 @@ from backends.errors import (
 )
 from backends.llamacpp.cache import copy_min_gain
 from backends.llamacpp.embedder import Embedder
-from backends.llamacpp.grammar import constraint_grammar
+from backends.llamacpp.guidance import Guidance
 from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
 
@@ -81,6 +80,7 @@ class LlamaCppBackend:
         self._n_vocab = 0
         self._fim: tuple[int, int, int] | None = None
         self._embedder: Embedder | None = None
+        self._guidance: Guidance | None = None
         self._mailbox: _Mailbox | None = None
         self._info = ModelInfo(
             id=spec.id,
@@ -155,26 +155,13 @@ class LlamaCppBackend:
         self._ctx = self._ctx_owner.ctx
         self._n_vocab = self._model.n_vocab()
         vocab = self._model.vocab
+        self._guidance = Guidance(vocab, self._n_vocab)
         fim = (llama_cpp.llama_vocab_fim_pre(vocab), llama_cpp.llama_vocab_fim_suf(vocab),
                llama_cpp.llama_vocab_fim_mid(vocab))
         self._fim = fim if min(fim) >= 0 else None
         if self._spec.embeddings.enabled:
             self._embedder = Embedder(self._model, self._spec.embeddings, n_threads=threads,
                                       max_input=self._spec.context_length)
-
-    def _compiled_grammar(self, constraint: Constraint) -> str:
-        """The grammar for `constraint`, compiled once here so that a bad one is a 400 now
-        rather than a failure inside the engine thread."""
-        import llama_cpp
-
-        grammar = constraint_grammar(constraint)
-        sampler = llama_cpp.llama_sampler_init_grammar(self._model.vocab, grammar.encode(),
-                                                       b"root")
-        if not sampler:
-            raise InvalidParameter("the constraint's grammar could not be compiled",
-                                   param="response_format")
-        llama_cpp.llama_sampler_free(sampler)
-        return grammar
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -316,11 +303,15 @@ class LlamaCppBackend:
         seed = request.sampling.seed
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
-        grammar = None
+        matchers: list[Any] = []
         if request.constraint is not None:
-            grammar = await asyncio.to_thread(self._compiled_grammar, request.constraint)
+            # Compiled here, so that a constraint that cannot be enforced is a 400 now rather
+            # than a failure inside the engine thread.
+            assert self._guidance is not None
+            matchers = await asyncio.to_thread(self._guidance.matchers, request.constraint,
+                                               request.n)
         job = Job(request.request_id, prompt, request.sampling, max_tokens, seed, request.n,
-                  emit, grammar=grammar,
+                  emit, matchers=matchers,
                   top_logprobs=None if request.logprobs is None else request.logprobs.top_n)
         scheduler.submit(job)
         try:

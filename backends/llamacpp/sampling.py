@@ -7,7 +7,6 @@ from typing import Any
 import llama_cpp
 
 from backends.base import SamplingParams
-from backends.errors import InvalidParameter
 
 # OpenAI's penalties count every generated token; llama.cpp's penalty sampler looks back a
 # fixed window. This window covers any completion a small CPU model produces in practice.
@@ -17,8 +16,7 @@ PENALTY_WINDOW = 4096
 class SamplerChain:
     """Owns one `llama_sampler` chain. `sample` applies it and accepts the chosen token."""
 
-    def __init__(self, vocab: Any, n_vocab: int, params: SamplingParams, seed: int,
-                 grammar: str | None = None) -> None:
+    def __init__(self, n_vocab: int, params: SamplingParams, seed: int) -> None:
         chain = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params()
         )
@@ -36,12 +34,6 @@ class SamplerChain:
         if params.frequency_penalty or params.presence_penalty:
             add(llama_cpp.llama_sampler_init_penalties(
                 n_vocab, PENALTY_WINDOW, 1.0, params.frequency_penalty, params.presence_penalty))
-        if grammar is not None:
-            sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-            if not sampler:
-                self.close()
-                raise InvalidParameter("the grammar could not be compiled", param="grammar")
-            add(sampler)
         if params.temperature == 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:

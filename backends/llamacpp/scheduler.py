@@ -19,6 +19,7 @@ import numpy as np
 from backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
 from backends.errors import Busy, EngineDown
 from backends.llamacpp.cache import Placement, PromptCache, Saved, Slot, SlotTable
+from backends.llamacpp.guidance import apply_mask
 from backends.llamacpp.sampling import SamplerChain
 from backends.stops import StopMatcher
 
@@ -58,7 +59,8 @@ class Job:
     seed: int
     n: int
     emit: Callable[[Event], None]
-    grammar: str | None = None
+    matchers: list[Any] = field(default_factory=list)
+    """One llguidance matcher per choice when the output is constrained."""
     top_logprobs: int | None = None
     """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely."""
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -71,6 +73,8 @@ class _Seq:
     index: int
     slot: Slot
     sampler: SamplerChain
+    matcher: Any
+    """The constraint's llguidance matcher, or None."""
     reuse: int
     n_past: int
     prefilling: bool
@@ -224,8 +228,8 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         try:
-            samplers = [SamplerChain(self._vocab, self._n_vocab, job.sampling,
-                                     (job.seed + i) % 2**32, job.grammar) for i in range(job.n)]
+            samplers = [SamplerChain(self._n_vocab, job.sampling, (job.seed + i) % 2**32)
+                        for i in range(job.n)]
         except Exception as exc:
             logger.error("request %s: sampler set-up failed: %s", job.request_id, exc)
             job.emit(Event(0, error="the sampler could not be set up"))
@@ -252,6 +256,7 @@ class Scheduler:
             seq = _Seq(
                 job=job, index=index, slot=slot,
                 sampler=samplers[index],
+                matcher=job.matchers[index] if job.matchers else None,
                 reuse=placement.reuse, n_past=placement.reuse, prefilling=True,
                 leader=index == 0,
             )
@@ -361,11 +366,17 @@ class Scheduler:
             logp = None if seq.job.top_logprobs is None else self._log_softmax(index)
             for member in group:
                 member.prefilling = False
+                if member.matcher is not None:  # after the logprobs: they stay the model's
+                    apply_mask(member.matcher, self._logits(index))
                 self._accept(member, member.sampler.sample(self._ctx, index), logp)
 
+    def _logits(self, batch_index: int) -> np.ndarray[Any, Any]:
+        """A writable view of one batch row's logits inside the llama.cpp context."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, batch_index),
+                                     shape=(self._n_vocab,))
+
     def _log_softmax(self, batch_index: int) -> np.ndarray[Any, Any]:
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, batch_index),
-                                       shape=(self._n_vocab,)).astype(np.float64)
+        logits = self._logits(batch_index).astype(np.float64)
         shifted = logits - logits.max()
         result: np.ndarray[Any, Any] = shifted - np.log(np.exp(shifted).sum())
         return result
@@ -401,6 +412,12 @@ class Scheduler:
             self._finish(seq, "stop")
             return
         seq.generated += 1
+        if seq.matcher is not None and not seq.matcher.consume_token(token):
+            logger.error("request %s: the constraint refused token %d: %s", job.request_id,
+                         token, seq.matcher.get_error()[:200])
+            job.emit(Event(seq.index, error="the output constraint failed"))
+            self._release(seq)
+            return
         piece = bytes(self._model.detokenize([token]))
         text = seq.stops.feed(seq.decoder.decode(piece))
         if logp is not None and job.top_logprobs is not None:
@@ -410,7 +427,7 @@ class Scheduler:
             job.emit(Event(seq.index, text, self._take(seq, token)))
         else:
             seq.held.append(token)
-        if seq.stops.stopped:
+        if seq.stops.stopped or (seq.matcher is not None and seq.matcher.is_stopped()):
             self._finish(seq, "stop")
         elif seq.generated >= job.max_tokens:
             self._finish(seq, "length")

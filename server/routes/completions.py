@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from backends.base import Chunk
 from server import responses, streaming
 from server.deps import PoolDep, RequestIdDep
 from server.generation import start as start_generation
+from server.limits import reject_lone_surrogates
 from server.protocol.completions import CompletionRequest
 from server.routes.disconnect import cancel_on_disconnect
 from server.translate import completion_requests
 
-router = APIRouter()
+# A lone surrogate escape in the body is a 400 before anything reads its text.
+router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
 
 
 @router.post("/v1/completions", response_model=None)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from server.deps import PoolDep, RequestIdDep
 from server.embeddings import embedding_request, embedding_response
+from server.limits import reject_lone_surrogates
 from server.protocol.embeddings import EmbeddingCreateRequest
 from server.routes.disconnect import cancel_on_disconnect
 
-router = APIRouter()
+# A lone surrogate escape in the body is a 400 before anything reads its text.
+router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])
 
 
 @router.post("/v1/embeddings", response_model=None)

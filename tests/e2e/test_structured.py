@@ -69,19 +69,26 @@ def test_json_object_output_is_an_object(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.backends("llamacpp")  # which keywords are enforceable depends on the engine
-@pytest.mark.parametrize(("schema", "keyword"), [
-    ({"type": "integer", "minimum": 3}, "minimum"),
-    ({"type": "object", "properties": {"e": {"type": "string", "format": "email"}}}, "format"),
-    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems"),
-    ({"type": "object", "patternProperties": {"^x": {"type": "string"}}}, "patternProperties"),
+@pytest.mark.parametrize(("schema", "keyword", "where"), [
+    ({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                                "uniqueItems": True}}}, "uniqueItems",
+     "/properties/tags"),
+    ({"type": "object", "not": {"required": ["a"]}}, "not", "at / "),
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "dependencies": {"a": ["b"]}},
+     "dependencies", "at / "),
+    # A property named like a keyword is a name, not the keyword: the path is the nested one.
+    ({"type": "object", "properties": {"if": {"type": "object", "properties": {
+        "x": {"if": {"type": "string"}, "then": {"minLength": 2}}}}}}, "if",
+     "/properties/if/properties/x"),
 ])
-def test_unenforceable_schema_keyword_is_400_naming_it(http: httpx.Client, schema: Any,
-                                                       keyword: str) -> None:
+def test_unenforceable_schema_keyword_is_400_naming_it_and_its_path(
+        http: httpx.Client, schema: Any, keyword: str, where: str) -> None:
     r = http.post("/v1/chat/completions", json={
         "model": MODEL, "messages": ASK, "response_format": _schema_format(schema)})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert keyword in error["message"] and error["param"] == "response_format"
+    assert f"'{keyword}'" in error["message"] and where in error["message"], error
+    assert error["param"] == "response_format"
     assert http.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK,
                                                    "max_tokens": 2}).status_code == 200
 
@@ -270,8 +277,55 @@ def test_logit_bias_is_applied(http: httpx.Client, vocab: Any) -> None:
 @pytest.mark.backends("llamacpp")
 def test_unenforceable_tool_parameters_are_400(http: httpx.Client) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"n": {"type": "number", "maximum": 3}}}}}
+        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}}}}
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK,
                                                "tools": [tool], "tool_choice": "required"})
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == "tools" and "maximum" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "tools" and "'not'" in r.json()["error"]["message"]
+
+
+# What Pydantic v2 and OpenAI strict mode emit: bounds, formats, patterns, $defs/$ref,
+# Optional as anyOf with null, enums; plus keywords that constrain nothing (a draft-04 `id`, a
+# vendor extension), which validators ignore and so does lokal.
+RECEIPT = {
+    "type": "object", "additionalProperties": False, "id": "urn:receipt", "_format": "vendor",
+    "required": ["confidence", "email", "count", "code", "status", "note"],
+    "properties": {
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "email": {"type": "string", "format": "email", "maxLength": 40},
+        "count": {"type": "integer", "exclusiveMinimum": 0, "maximum": 90, "multipleOf": 3},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$", "minLength": 3},
+        "status": {"$ref": "#/$defs/Status"},
+        "note": {"anyOf": [{"type": "string", "maxLength": 20}, {"type": "null"}]}},
+    "$defs": {"Status": {"enum": ["open", "closed"], "type": "string"}}}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_bounds_formats_patterns_and_refs_are_enforced(http: httpx.Client, seed: int) -> None:
+    r = http.post("/v1/chat/completions", json={
+        "model": MODEL, "seed": seed, "temperature": 0.6, "max_tokens": 200,
+        "messages": [{"role": "user", "content": "Describe a receipt as JSON."}],
+        "response_format": _schema_format(RECEIPT)})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    out = json.loads(choice["message"]["content"])
+    jsonschema.Draft202012Validator(RECEIPT, format_checker=jsonschema.FormatChecker()
+                                    ).validate(out)
+
+
+def test_langchain_structured_output_with_pydantic_bounds(server: Any) -> None:
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class Verdict(BaseModel):
+        label: str = Field(max_length=20)
+        confidence: float = Field(ge=0, le=1)
+        votes: int = Field(ge=1, le=5)
+
+    llm = ChatOpenAI(base_url=server.v1, api_key="unused", model=MODEL, temperature=0.5,
+                     max_tokens=120, seed=3, max_retries=0)
+    verdict = llm.with_structured_output(Verdict, method="json_schema").invoke(
+        "Is the sky green? Give a verdict.")
+    assert isinstance(verdict, Verdict)
+    assert 0 <= verdict.confidence <= 1 and 1 <= verdict.votes <= 5

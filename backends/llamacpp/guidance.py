@@ -1,0 +1,163 @@
+"""Constraints as llguidance matchers over the model's own vocabulary: JSON schemas (numeric
+bounds, formats, patterns, $ref...), any JSON object, tool-call schemas and grammars, compiled
+once per request within resource limits, a token mask per decoding step.
+
+llguidance is the engine vLLM, SGLang and llama.cpp (LLAMA_LLGUIDANCE) use; its llama.cpp bridge
+(`llguidance.llamacpp.lltokenizer_from_vocab`) builds the token trie from the vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from backends.base import Constraint
+from backends.errors import InvalidParameter
+
+
+@dataclass(frozen=True, slots=True)
+class GrammarLimits:
+    """What one request's constraint may make the engine build and do per step. Defaults are
+    llguidance's, except `max_lexer_states` (its own default, 250k states at 1-2 kB each, would
+    let one request hold ~500 MB) and errors that never echo the parser's state."""
+
+    max_lexer_states: int = 50_000
+    initial_lexer_fuel: int = 1_000_000
+    step_lexer_fuel: int = 200_000
+    step_max_items: int = 50_000
+    max_grammar_size: int = 500_000
+    max_items_in_row: int = 2_000
+
+    def llguidance(self) -> Any:
+        import llguidance
+
+        return llguidance.LLParserLimits(
+            max_items_in_row=self.max_items_in_row, initial_lexer_fuel=self.initial_lexer_fuel,
+            step_lexer_fuel=self.step_lexer_fuel, step_max_items=self.step_max_items,
+            max_lexer_states=self.max_lexer_states, max_grammar_size=self.max_grammar_size,
+            verbose_errors=False)
+
+
+# Whitespace between JSON tokens: flexible as models write it, but bounded, so that a model
+# cannot spend its whole max_tokens on blank lines inside a constrained object.
+JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+_UNIMPLEMENTED = re.compile(r'Unimplemented keys: \[(.*?)\]')
+# Where JSON Schema puts maps of names to subschemas: their keys are names, not keywords.
+_NAME_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+
+
+def _keyword_paths(schema: Any, keyword: str, where: str = "") -> Iterator[str]:
+    """JSON pointers of the subschemas that use `keyword`."""
+    if isinstance(schema, Mapping):
+        if keyword in schema:
+            yield where or "/"
+        for key, value in schema.items():
+            if key in _NAME_MAPS and isinstance(value, Mapping):
+                for name, sub in value.items():
+                    yield from _keyword_paths(sub, keyword, f"{where}/{key}/{name}")
+            elif key not in ("enum", "const", "default", "examples"):
+                yield from _keyword_paths(value, keyword, f"{where}/{key}")
+    elif isinstance(schema, list):
+        for i, item in enumerate(schema):
+            yield from _keyword_paths(item, keyword, f"{where}/{i}")
+
+
+def _param(constraint: Constraint) -> str:
+    return "tools" if constraint.kind == "tool_calls" else "response_format"
+
+
+def _refusal(constraint: Constraint, error: str) -> InvalidParameter:
+    """A 400 for what llguidance refused: the keyword and its path when it is one it does not
+    implement, the limit when one was hit."""
+    param = _param(constraint)
+    found = _UNIMPLEMENTED.search(error)
+    if found and constraint.schema is not None:
+        keywords = json.loads(f"[{found.group(1)}]")
+        keyword = str(keywords[0]) if keywords else "?"
+        where = next(_keyword_paths(constraint.schema, keyword), "/")
+        return InvalidParameter(
+            f"JSON schema keyword '{keyword}' at {where} cannot be enforced (the constraint "
+            "engine does not implement it); remove it or use a supported equivalent.",
+            param=param)
+    if "limit" in error or "too big" in error or "too complex" in error.lower():
+        return InvalidParameter(f"The constraint is too large or complex to enforce: {error}",
+                                param=param)
+    return InvalidParameter(f"The constraint cannot be enforced: {error}", param=param)
+
+
+class Guidance:
+    """One model's llguidance tokenizer (built on first use, ~0.3 s for 49k tokens) and the
+    matchers made from it."""
+
+    def __init__(self, vocab: Any, n_vocab: int, limits: GrammarLimits | None = None) -> None:
+        self._vocab = vocab
+        self._n_vocab = n_vocab
+        self._limits = limits or GrammarLimits()
+        self._lock = threading.Lock()
+        self._tokenizer: Any = None
+
+    def tokenizer(self) -> Any:
+        with self._lock:
+            if self._tokenizer is None:
+                from llguidance.llamacpp import lltokenizer_from_vocab
+
+                eog = [t for t in range(self._n_vocab)
+                       if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+                self._tokenizer = lltokenizer_from_vocab(self._vocab, n_vocab=self._n_vocab,
+                                                         eos_token=eog or None)
+            return self._tokenizer
+
+    def grammar(self, constraint: Constraint) -> str:
+        """The llguidance grammar for `constraint` (not yet checked)."""
+        from llguidance import LLMatcher, grammar_from
+
+        if constraint.kind == "grammar":
+            if not constraint.grammar:
+                raise InvalidParameter("empty grammar", param="grammar")
+            try:
+                return str(grammar_from("gbnf", constraint.grammar))
+            except ValueError as exc:
+                raise InvalidParameter(str(exc), param="grammar") from exc
+        schema: Any = {"type": "object"} if constraint.kind == "json_object" \
+            else constraint.schema
+        if schema is None:
+            raise InvalidParameter("a JSON schema is required", param=_param(constraint))
+        try:
+            return str(LLMatcher.grammar_from_json_schema(json.dumps(schema),
+                                                          overrides=JSON_OPTIONS))  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            raise InvalidParameter(f"The JSON schema is not valid: {exc}",
+                                   param=_param(constraint)) from exc
+
+    def matchers(self, constraint: Constraint, n: int) -> list[Any]:
+        """`n` fresh matchers for `constraint`, or InvalidParameter (400) when it cannot be
+        enforced, exceeds the limits, or admits no output at all. Slow (call off the loop)."""
+        from llguidance import LLMatcher
+
+        tokenizer = self.tokenizer()
+        grammar = self.grammar(constraint)
+        limits = self._limits.llguidance()
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer,
+                                                                      limits=limits)
+        if is_error:
+            raise _refusal(constraint, messages[0] if messages else "invalid grammar")
+        matcher = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
+        if not matcher.is_error():
+            matcher.compute_bitmask()  # the first step: a schema nothing satisfies fails here
+        if matcher.is_error():
+            raise _refusal(constraint, matcher.get_error().splitlines()[0])
+        return [matcher, *(matcher.deep_copy() for _ in range(n - 1))]
+
+
+def apply_mask(matcher: Any, logits: np.ndarray[Any, Any]) -> None:
+    """Set the logits of every token `matcher` does not allow now to -inf (in place)."""
+    bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
+                         bitorder="little")[:logits.shape[0]]
+    logits[bits == 0] = -np.inf
