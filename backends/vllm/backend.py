@@ -65,6 +65,10 @@ def engine_args(spec: ModelSpec) -> dict[str, Any]:
             f"vllm.engine_args.max_model_len ({given['max_model_len']}) differs from "
             f"context_length ({spec.context_length}); set context_length only")
     given["model"] = resolve_model(spec.vllm.model, spec.base_dir)
+    # llguidance, as on the llama.cpp engine: it enforces what it accepts and refuses the rest
+    # at submission. vLLM's "auto" prefers xgrammar, which was seen here to let a string with
+    # format and maxLength run to max_tokens.
+    given.setdefault("structured_outputs_config", {"backend": "guidance"})
     if spec.vllm.tokenizer is not None:
         given["tokenizer"] = resolve_model(spec.vllm.tokenizer, spec.base_dir,
                                            must_have="tokenizer_config.json")

@@ -202,8 +202,14 @@ def load_engine(engine_args: Mapping[str, Any]) -> Engine:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     logger.info("starting vLLM with %s", ", ".join(f"{k}={v!r}" for k, v in engine_args.items()))
+    given = dict(engine_args)
+    if isinstance(given.get("structured_outputs_config"), Mapping):
+        from vllm.config import StructuredOutputsConfig
+
+        given["structured_outputs_config"] = StructuredOutputsConfig(
+            **given["structured_outputs_config"])
     try:
-        args = AsyncEngineArgs(**engine_args)
+        args = AsyncEngineArgs(**given)
         config = args.create_engine_config()
     except (TypeError, ValueError) as exc:  # unknown names, bad values (pydantic errors too)
         raise BackendUnavailable(f"vLLM refused vllm.engine_args: {exc}") from exc
