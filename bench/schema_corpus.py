@@ -300,7 +300,7 @@ def main() -> int:
             rows.append(f"| {name} | could not be built: {exc} | | | | |")
             continue
         counts: Counter[str] = Counter()
-        valid = checked = 0
+        valid = finished = checked = 0
         began = time.perf_counter()
         for key, schema in schemas.items():
             verdict, why = classify(guidance, schema)
@@ -310,22 +310,25 @@ def main() -> int:
             if verdict == "enforced" and args.generate:
                 for text in asyncio.run(_outputs(engine, schema, args.generate)):
                     checked += 1
-                    if text:
-                        try:
-                            jsonschema.validate(json.loads(text), schema)
-                            valid += 1
-                        except (ValueError, jsonschema.ValidationError) as exc:
-                            details.append(f"- {name}/{key}: output invalid: {exc!s:.120}")
+                    if not text:
+                        continue  # max_tokens came first: nothing to validate
+                    finished += 1
+                    try:
+                        jsonschema.validate(json.loads(text), schema)
+                        valid += 1
+                    except (ValueError, jsonschema.ValidationError) as exc:
+                        details.append(f"- {name}/{key}: OUTPUT INVALID: {exc!s:.120}")
         took = time.perf_counter() - began
-        outputs = f"{valid} of {checked}" if args.generate else "not sampled"
+        outputs = f"{finished} of {checked} finished, {valid} of those valid" \
+            if args.generate else "not sampled"
         rows.append(f"| {name} | {len(schemas)} | {counts['enforced']} | {counts['refused']} "
                     f"| {counts['fails']} | {outputs} | {took:.1f} |")
     asyncio.run(engine.stop())
     text = "\n".join([
         f"lokal {git('rev-parse', '--short', 'HEAD')}, {machine_facts()['date']}, SmolLM2 "
         "vocabulary, llguidance " + __import__("llguidance").__version__, "",
-        "| corpus | schemas | enforced | refused (400) | fails | sampled outputs valid "
-        "(finished) | seconds |", "|---|---|---|---|---|---|---|", *rows, "",
+        "| corpus | schemas | enforced | refused (400) | fails | sampled outputs (400 tokens "
+        "max) | seconds |", "|---|---|---|---|---|---|---|", *rows, "",
         "What was refused or failed, and why:", "", *details])
     print(text)
     out = OUT_DIR / f"schemas-{time.strftime('%Y%m%d-%H%M%S')}"
