@@ -51,11 +51,12 @@ def _chat_choice(got: _Collected, i: int, tools: ToolMode | None, logprobs: bool
     if tools is not None:
         stream = ToolCallStream(tools.known, tools.forced)
         shown = stream.feed(text)
-        tail, calls = stream.finish()
+        tail, calls = stream.finish(cut=finish == "length")
         if calls:
             message["content"] = (shown + tail) or None
             message["tool_calls"] = calls
-            finish = "tool_calls"
+            if finish != "length":  # cut calls stay "length", as OpenAI reports them
+                finish = "tool_calls"
     return {"index": i, "message": message, "finish_reason": finish,
             "logprobs": chat_logprobs(got.logprobs.get(i, [])) if logprobs else None}
 

@@ -150,7 +150,7 @@ def chat_stream(
             return out
         finish: str = chunk.finish_reason
         if tools:
-            tail, made = calls[i].finish()
+            tail, made = calls[i].finish(cut=chunk.finish_reason == "length")
             if tail:
                 out.append({"index": i, "delta": {"content": tail}, "logprobs": None,
                             "finish_reason": None})
@@ -166,7 +166,7 @@ def chat_stream(
                     out.append({"index": i, "logprobs": None, "finish_reason": None,
                                 "delta": {"tool_calls": [{"index": k, "function": {
                                     "arguments": args[at:at + TOOL_ARGUMENT_FRAGMENT]}}]}})
-            if made:
+            if made and finish != "length":  # cut calls stay "length", as OpenAI reports them
                 finish = "tool_calls"
         out.append({"index": i, "delta": {"content": ""}, "logprobs": None,
                     "finish_reason": finish})

@@ -29,9 +29,35 @@ def _as_calls(value: Any, known: frozenset[str]) -> list[ToolCallWire] | None:
     return calls or None
 
 
-def parse_tool_calls(text: str, known: frozenset[str]) -> list[ToolCallWire] | None:
-    """Tool calls in `text` (<tool_call> blocks, or bare JSON), or None if it holds none."""
+def _complete_items(body: str) -> list[Any]:
+    """The elements of a JSON array that were written out whole before `body` was cut short
+    (a forced list of calls stopped by max_tokens): `[{...}, {...}, {"na` gives the first two."""
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    at = body.find("[") + 1
+    if at == 0:
+        return items
+    while True:
+        while at < len(body) and body[at] in " \t\r\n,":
+            at += 1
+        try:
+            item, at = decoder.raw_decode(body, at)
+        except json.JSONDecodeError:
+            return items
+        items.append(item)
+
+
+def parse_tool_calls(text: str, known: frozenset[str],
+                     partial: bool = False) -> list[ToolCallWire] | None:
+    """Tool calls in `text` (<tool_call> blocks, or bare JSON), or None if it holds none. With
+    `partial` (the output was cut by max_tokens), a JSON array cut short yields the calls that
+    were complete."""
     body = text.strip()
+    if partial and body.startswith("["):
+        try:
+            json.loads(body)
+        except json.JSONDecodeError:
+            return _as_calls(_complete_items(body), known)
     if TOOL_CALL_OPEN in body:
         calls: list[ToolCallWire] = []
         for block in _BLOCK.findall(body):
@@ -87,9 +113,12 @@ class ToolCallStream:
         self._shown += text
         return text
 
-    def finish(self) -> tuple[str, list[ToolCallWire]]:
+    def finish(self, cut: bool = False) -> tuple[str, list[ToolCallWire]]:
+        """The rest of the content and the calls; `cut`: max_tokens ended the output, so the
+        calls that were complete are kept (a forced list of calls the model kept adding to)."""
         held, self._held = self._held, ""
-        calls = parse_tool_calls(held, self._known) if self._holding else None
+        calls = parse_tool_calls(held, self._known, partial=cut and self._forced) \
+            if self._holding else None
         if calls:
             return "", calls
         return self._show(held), []

@@ -329,3 +329,42 @@ def test_langchain_structured_output_with_pydantic_bounds(server: Any) -> None:
         "Is the sky green? Give a verdict.")
     assert isinstance(verdict, Verdict)
     assert 0 <= verdict.confidence <= 1 and 1 <= verdict.votes <= 5
+
+
+def test_forced_calls_cut_by_max_tokens_keep_the_complete_ones(http: httpx.Client) -> None:
+    """tool_choice required lets the model add calls until max_tokens: the calls it finished
+    come back as tool_calls with finish_reason length, never as raw JSON content."""
+    cut_with_calls = 0
+    for seed in range(8):
+        r = http.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": ASK, "tools": [WEATHER, TIME], "tool_choice": "required",
+            "max_tokens": 64, "seed": seed, "temperature": 0.8})
+        assert r.status_code == 200, r.text
+        choice = r.json()["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        for call in calls:
+            tool = WEATHER if call["function"]["name"] == "get_weather" else TIME
+            jsonschema.validate(json.loads(call["function"]["arguments"]),
+                                tool["function"]["parameters"])
+        if calls:
+            assert not choice["message"]["content"]
+        if choice["finish_reason"] == "length" and calls:
+            cut_with_calls += 1
+    assert cut_with_calls, "no seed ran past max_tokens: the test proved nothing"
+
+
+def test_streamed_forced_calls_cut_by_max_tokens_keep_the_complete_ones(
+        http: httpx.Client) -> None:
+    for seed in range(8):
+        with http.stream("POST", "/v1/chat/completions", json={
+                "model": MODEL, "messages": ASK, "tools": [WEATHER, TIME], "stream": True,
+                "tool_choice": "required", "max_tokens": 64, "seed": seed,
+                "temperature": 0.8}) as r:
+            events, _ = read_events(r)
+        finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1]
+        names = [d["function"]["name"] for e in events if e["choices"]
+                 for d in e["choices"][0]["delta"].get("tool_calls") or []
+                 if d.get("function", {}).get("name")]
+        if finish == "length" and names:
+            return
+    raise AssertionError("no streamed request was cut with complete calls")
