@@ -143,6 +143,8 @@ class ModelInfo:
     chat_template: Literal["model", "config", "fallback"] | None = None
     """Whose chat template renders chat prompts: the model file's own, the YAML's
     `chat_template`, or lokal's ChatML fallback; None until the engine has looked."""
+    tool_format: Literal["hermes", "llama3", "mistral"] = "hermes"
+    """How this model writes tool calls (backends.tool_calls), from its chat template."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backends.base import ChatMessage
-
-TOOL_CALL_OPEN = "<tool_call>"
-TOOL_CALL_CLOSE = "</tool_call>"
+from backends.tool_calls import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 GENERIC_TOOL_PROMPT = """You can call functions to help answer. The available functions, \
 as JSON schemas:

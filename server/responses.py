@@ -9,12 +9,12 @@ from backends.base import Chunk, FinishReason, TokenLogprob
 from server.protocol.chat import ChatCompletion, ChatCompletionMessage, Choice
 from server.protocol.completions import Completion, CompletionChoice
 from server.streaming import StreamMeta
-from server.tool_calls import ToolCallStream
 from server.translate import (
     ToolMode,
     UsageTotal,
     chat_logprobs,
     completion_logprobs,
+    tool_call_wire,
     usage_wire,
 )
 
@@ -49,12 +49,12 @@ def _chat_choice(got: _Collected, i: int, tools: ToolMode | None, logprobs: bool
     message: ChatCompletionMessage = {"role": "assistant", "content": text, "refusal": None}
     finish = got.finish[i]
     if tools is not None:
-        stream = ToolCallStream(tools.known, tools.forced)
-        shown = stream.feed(text)
-        tail, calls = stream.finish(cut=finish == "length")
+        parser = tools.parser()
+        parser.feed(text)
+        _, calls = parser.finish()  # complete calls only: one max_tokens cut is dropped
         if calls:
-            message["content"] = (shown + tail) or None
-            message["tool_calls"] = calls
+            message["content"] = parser.content or None
+            message["tool_calls"] = [tool_call_wire(call) for call in calls]
             if finish != "length":  # cut calls stay "length", as OpenAI reports them
                 finish = "tool_calls"
     return {"index": i, "message": message, "finish_reason": finish,

@@ -14,9 +14,9 @@ from sse_starlette.sse import AppStatus
 
 from backends.base import Chunk, Usage
 from backends.errors import EngineFailure
+from backends.tool_calls import CallStart, Event
 from server.errors import envelope, to_api_error
 from server.protocol.common import SamplingFields
-from server.tool_calls import ToolCallStream
 from server.translate import (
     ToolMode,
     UsageTotal,
@@ -26,9 +26,6 @@ from server.translate import (
 )
 
 logger = logging.getLogger(__name__)
-
-TOOL_ARGUMENT_FRAGMENT = 32
-"""Characters of tool-call arguments per streamed delta."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,38 +132,46 @@ def chat_stream(
         return {"index": index, "delta": {"role": "assistant", "content": ""},
                 "logprobs": None, "finish_reason": None}
 
-    calls = {i: ToolCallStream(tools.known, tools.forced) for i in range(n_choices)} \
-        if tools else {}
+    parsers = {i: tools.parser() for i in range(n_choices)} if tools else {}
+    announced: dict[int, int] = {}
+
+    def delta(i: int, event: Event) -> dict[str, Any]:
+        """One parser event as a chunk choice. OpenAI's tool-call delta shape: index, id and
+        name once, then the arguments in fragments as the model writes them."""
+        body: dict[str, Any]
+        if isinstance(event, str):
+            body = {"content": event}
+        elif isinstance(event, CallStart):
+            announced[i] = announced.get(i, 0) + 1
+            body = {"tool_calls": [{"index": event.index, "id": event.id, "type": "function",
+                                    "function": {"name": event.name, "arguments": ""}}]}
+        else:
+            body = {"tool_calls": [{"index": event.index,
+                                    "function": {"arguments": event.text}}]}
+        return {"index": i, "delta": body, "logprobs": None, "finish_reason": None}
 
     def piece(chunk: Chunk) -> list[dict[str, Any]]:
         i = chunk.index
-        text = calls[i].feed(chunk.text) if tools else chunk.text
         logprobs = chat_logprobs(chunk.logprobs) if chunk.logprobs else None
         out: list[dict[str, Any]] = []
-        if text or logprobs:
-            out.append({"index": i, "delta": {"content": text}, "logprobs": logprobs,
+        if tools:
+            out += [delta(i, event) for event in parsers[i].feed(chunk.text)]
+            if logprobs:
+                if out and "content" in out[0]["delta"]:
+                    out[0]["logprobs"] = logprobs
+                else:
+                    out.insert(0, {"index": i, "delta": {"content": ""},
+                                   "logprobs": logprobs, "finish_reason": None})
+        elif chunk.text or logprobs:
+            out.append({"index": i, "delta": {"content": chunk.text}, "logprobs": logprobs,
                         "finish_reason": None})
         if chunk.finish_reason is None:
             return out
         finish: str = chunk.finish_reason
         if tools:
-            tail, made = calls[i].finish(cut=chunk.finish_reason == "length")
-            if tail:
-                out.append({"index": i, "delta": {"content": tail}, "logprobs": None,
-                            "finish_reason": None})
-            for k, call in enumerate(made):
-                # OpenAI's delta shape: id and name once, then the arguments as fragments.
-                function = call["function"]
-                out.append({"index": i, "logprobs": None, "finish_reason": None,
-                            "delta": {"tool_calls": [{
-                                "index": k, "id": call["id"], "type": "function",
-                                "function": {"name": function["name"], "arguments": ""}}]}})
-                args = function["arguments"]
-                for at in range(0, len(args), TOOL_ARGUMENT_FRAGMENT):
-                    out.append({"index": i, "logprobs": None, "finish_reason": None,
-                                "delta": {"tool_calls": [{"index": k, "function": {
-                                    "arguments": args[at:at + TOOL_ARGUMENT_FRAGMENT]}}]}})
-            if made and finish != "length":  # cut calls stay "length", as OpenAI reports them
+            tail, _ = parsers[i].finish()
+            out += [delta(i, event) for event in tail]
+            if announced.get(i) and finish != "length":  # cut calls stay "length"
                 finish = "tool_calls"
         out.append({"index": i, "delta": {"content": ""}, "logprobs": None,
                     "finish_reason": finish})

@@ -21,9 +21,10 @@ from backends.base import (
     TokenPrompt,
     Usage,
 )
+from backends.tool_calls import Call, ToolCallParser, ToolFormat
 from backends.tools import tool_call_schema
 from server.errors import APIError
-from server.protocol.chat import ChatCompletionMessageParam, ChatCompletionRequest
+from server.protocol.chat import ChatCompletionMessageParam, ChatCompletionRequest, ToolCallWire
 from server.protocol.common import CompletionUsage, SamplingFields
 from server.protocol.completions import CompletionRequest
 from server.settings import SchemaLimits
@@ -91,10 +92,20 @@ def _content(message: ChatCompletionMessageParam, index: int) -> str | None:
 @dataclass(frozen=True, slots=True)
 class ToolMode:
     """How a chat response's text becomes tool calls: `forced` when the grammar makes the
-    whole output a call (tool_choice required or a named function)."""
+    whole output a call (tool_choice required or a named function); `format`, the model's
+    (known once the model is loaded)."""
 
     known: frozenset[str]
     forced: bool
+    format: ToolFormat = "hermes"
+
+    def parser(self) -> ToolCallParser:
+        return ToolCallParser("json" if self.forced else self.format, self.known, self.forced)
+
+
+def tool_call_wire(call: Call) -> ToolCallWire:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def chat_tools(body: ChatCompletionRequest) -> ToolMode | None:

@@ -38,6 +38,7 @@ from backends.llamacpp.embedder import Embedder
 from backends.llamacpp.guidance import Guidance
 from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
+from backends.tool_calls import format_for_template
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,10 @@ class LlamaCppBackend:
         if template is None:
             logger.warning("model %s has no chat template; using lokal's ChatML fallback",
                            self._spec.id)
-        self._info = dataclasses.replace(self._info, chat_template=template_source(
-            self._spec.chat_template, metadata.get("tokenizer.chat_template")))
+        self._info = dataclasses.replace(
+            self._info, tool_format=format_for_template(template),
+            chat_template=template_source(self._spec.chat_template,
+                                          metadata.get("tokenizer.chat_template")))
         self._template = ChatTemplate(
             template,
             bos_token=self._token_text(self._model.token_bos()),

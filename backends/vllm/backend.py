@@ -37,6 +37,7 @@ from backends.errors import (
 from backends.fim import FimFormat, fim_prompt, find_fim_format
 from backends.hardware import Hardware
 from backends.spec import ModelSpec
+from backends.tool_calls import format_for_template
 from backends.vllm.engine import (
     Engine,
     EngineDelta,
@@ -123,8 +124,9 @@ class VllmBackend:
         if template is None:
             logger.warning("model %s has no chat template; using lokal's ChatML fallback",
                            self._spec.id)
-        self._info = dataclasses.replace(self._info, chat_template=template_source(
-            self._spec.chat_template, engine.chat_template))
+        self._info = dataclasses.replace(
+            self._info, tool_format=format_for_template(template),
+            chat_template=template_source(self._spec.chat_template, engine.chat_template))
         self._template = ChatTemplate(template, bos_token=engine.bos_token,
                                       eos_token=engine.eos_token)
         self._fim = find_fim_format(engine.tokenizer.get_vocab())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -26,6 +28,8 @@ async def create_chat_completion(
     tools = chat_tools(body)
     meta = streaming.StreamMeta.of("chatcmpl", body, request_id, generation.n)
     chunks = await start_generation(request, pool, body.model, generation)
+    if tools is not None:  # the model is loaded now: its own tool-call format
+        tools = replace(tools, format=pool.find(body.model).info.tool_format)
     if body.stream:
         return streaming.chat_stream(meta, chunks, generation.n, tools)
     result = await cancel_on_disconnect(

@@ -134,7 +134,8 @@ async def started(tmp_path: Path, engine: FakeEngine) -> VllmBackend:
     backend = VllmBackend(make_spec(tmp_path), CPU, reason="test", loader=loader)
     await backend.start()
     assert seen == [{"enforce_eager": True, "max_model_len": 64,
-                     "model": str((tmp_path / "hf").resolve())}]
+                     "model": str((tmp_path / "hf").resolve()),
+                     "structured_outputs_config": {"backend": "guidance"}}]
     return backend
 
 
@@ -339,6 +340,10 @@ def test_engine_args_pass_through_with_the_promised_context(tmp_path: Path) -> N
         if spec.vllm else spec)
     assert args["tensor_parallel_size"] == 2 and args["gpu_memory_utilization"] == 0.8
     assert args["max_model_len"] == 64 and args["tokenizer"] == args["model"]
+    # llguidance unless the YAML picks another structured-output backend
+    assert args["structured_outputs_config"] == {"backend": "guidance"}
+    chosen = make_spec(tmp_path, engine_args={"structured_outputs_config": {"backend": "auto"}})
+    assert engine_args(chosen)["structured_outputs_config"] == {"backend": "auto"}
 
 
 @pytest.mark.parametrize(("engine_extra", "match"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -153,6 +154,28 @@ def test_streamed_tool_call_follows_openais_delta_shape(http: httpx.Client) -> N
     args = "".join(d["function"]["arguments"] for d in deltas)
     jsonschema.validate(json.loads(args), WEATHER["function"]["parameters"])
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_tool_call_arguments_stream_as_they_are_generated(http: httpx.Client) -> None:
+    """The arguments arrive in many deltas spread over the generation, the first long before
+    the call ends, not in one burst at the end."""
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    with http.stream("POST", "/v1/chat/completions", json={
+            "model": MODEL, "messages": ASK, "max_tokens": 80, "stream": True, "seed": 5,
+            "tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append((time.monotonic(), json.loads(line[6:])))
+    fragments = [(at, d) for at, e in arrivals if e["choices"]
+                 for d in e["choices"][0]["delta"].get("tool_calls", [])
+                 if d["function"].get("arguments")]
+    assert len(fragments) >= 4, fragments
+    assert len({at for at, _ in fragments}) >= 3  # several network events, not one burst
+    finished_at = next(at for at, e in arrivals if e["choices"]
+                       and e["choices"][0]["finish_reason"] is not None)
+    assert finished_at - fragments[0][0] > 0.02
+    args = "".join(d["function"]["arguments"] for _, d in fragments)
+    jsonschema.validate(json.loads(args), WEATHER["function"]["parameters"])
 
 
 def test_auto_tool_choice_gives_text_or_valid_calls(client: openai.OpenAI) -> None:

@@ -1,0 +1,303 @@
+"""Tool-call formats, one per model family, chosen from the chat template, and one incremental
+parser: content streams until a call begins, then each call's name as soon as it is known and
+its arguments as they are generated.
+
+Formats (what the model writes before its calls):
+- hermes: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes, Qwen 2/2.5/3, and
+  lokal's generic tool prompt for templates that know no tools);
+- llama3: `<|python_tag|>` or a bare `{"name": ..., "parameters": {...}}`, calls split by `;`;
+- mistral: `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`;
+- json: the whole output is calls, one object or a list (a forced call: tool_choice required or
+  a named function, whose constraint makes the output exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+ModelFormat = Literal["hermes", "llama3", "mistral"]
+ToolFormat = Literal["hermes", "llama3", "mistral", "json"]
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+"""The hermes markers, which lokal's generic tool prompt teaches too (backends/tools.py)."""
+
+OPENERS: dict[ToolFormat, tuple[str, ...]] = {
+    "hermes": (TOOL_CALL_OPEN,),
+    "llama3": ("<|python_tag|>",),
+    "mistral": ("[TOOL_CALLS]",),
+    "json": (),
+}
+# Between calls: separators, list brackets, and the wrappers of the formats above.
+# Markers before single characters: an alternation takes its first match.
+_BETWEEN = re.compile(r"(?:\[TOOL_CALLS\]|</?tool_call>|<\|python_tag\|>|<\|eom_id\|>|"
+                      r"<\|eot_id\|>|\s|[\[\],;])*")
+_HEAD = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
+
+
+def format_for_template(template: str | None) -> ModelFormat:
+    """The tool-call format a chat template teaches its model; hermes (lokal's generic prompt
+    uses it too) when the template says nothing about tools."""
+    text = template or ""
+    if "[TOOL_CALLS]" in text:
+        return "mistral"
+    if "<|python_tag|>" in text or "ipython" in text:
+        return "llama3"
+    return "hermes"
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    """A call's name is known: the stream can announce it."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallArguments:
+    """The next piece of a call's arguments, as generated (they concatenate to its JSON)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    id: str
+    name: str
+    arguments: str
+    """The arguments' JSON text, as generated."""
+
+
+Event = str | CallStart | CallArguments
+"""A str is content."""
+
+
+@dataclass
+class _Object:
+    """One call object being read: its name (once known) and how far its arguments got."""
+
+    text: str = ""
+    name: str | None = None
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    args_from: int = -1
+    args_to: int = -1
+    """End of the arguments value, once it closed; -1 while it is open."""
+    sent: int = 0
+    """Characters of the arguments already handed out."""
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value starting at `start` ends (exclusive), or -1 while it is open."""
+    depth = 0
+    in_string = escaped = False
+    for at in range(start, len(text)):
+        ch = text[at]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+                if depth == 0:
+                    return at + 1
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return at + 1
+        elif depth == 0 and ch in ",}":
+            return at
+    return -1
+
+
+class ToolCallParser:
+    """Per choice: `feed(text)` returns the events that text completes; `finish(cut)` the rest
+    and the calls that were complete. `forced`: the output is calls from its first character."""
+
+    def __init__(self, fmt: ToolFormat, known: frozenset[str], forced: bool) -> None:
+        self._format: ToolFormat = "json" if forced else fmt
+        self._known = known
+        self._forced = forced
+        self._openers = OPENERS[self._format]
+        self._pending = ""
+        self._in_calls = forced
+        self._shown = ""
+        self._object: _Object | None = None
+        self._calls: list[Call] = []
+        self._started = 0
+        self._raw = ""
+        """Everything fed since calls may have begun: content after all if none was a call."""
+
+    # -- content --------------------------------------------------------------------------
+
+    def _content(self, text: str) -> list[Event]:
+        """Content up to where calls may begin; holds back what could still be an opener or a
+        bare JSON call."""
+        pending = self._pending + text
+        if not (self._shown + pending).strip():
+            self._pending = pending
+            return []
+        # A bare call, as small models write it (and as Llama 3 and Mistral do when their
+        # marker is a special token whose text is not part of the output).
+        bare = ("{", "[") if self._format == "mistral" else ("{",)
+        if not self._shown.strip() and pending.lstrip().startswith(bare):
+            self._in_calls, self._pending, self._raw = True, pending, pending
+            return self._calls_from("")
+        for opener in self._openers:
+            at = pending.find(opener)
+            if at != -1:
+                shown = pending[:at]
+                self._in_calls, self._pending = True, pending[at:]
+                self._raw = self._pending
+                return self._show(shown) + self._calls_from("")
+        keep = 0
+        for opener in self._openers:
+            for size in range(min(len(opener) - 1, len(pending)), 0, -1):
+                if pending.endswith(opener[:size]):
+                    keep = max(keep, size)
+                    break
+        self._pending = pending[len(pending) - keep:] if keep else ""
+        return self._show(pending[:len(pending) - keep])
+
+    def _show(self, text: str) -> list[Event]:
+        self._shown += text
+        return [text] if text else []
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def _calls_from(self, text: str) -> list[Event]:
+        self._pending += text
+        events: list[Event] = []
+        while True:
+            if self._object is None:
+                skipped = _BETWEEN.match(self._pending)
+                rest = self._pending[skipped.end() if skipped else 0:]
+                if not rest:
+                    self._pending = ""
+                    return events
+                if not rest.startswith("{"):
+                    return events  # not a call (yet): more text, or finish() decides
+                self._object, self._pending = _Object(), ""
+                self._object.text = rest
+            else:
+                self._object.text += self._pending
+                self._pending = ""
+            obj = self._object
+            events += self._advance(obj)
+            if obj.args_to == -1 or not self._object_closed(obj):
+                return events
+            self._pending = obj.text[self._close_at(obj):]
+            self._object = None
+
+    def _advance(self, obj: _Object) -> list[Event]:
+        events: list[Event] = []
+        if obj.name is None:
+            head = _HEAD.match(obj.text)
+            if head is None:
+                return events
+            name = json.loads(f'"{head.group(1)}"')
+            if name not in self._known:
+                return events  # never announced: finish() turns the held text into content
+            obj.name, obj.args_from = name, head.end()
+            events.append(CallStart(self._started, obj.id, name))
+            self._started += 1
+        if obj.sent == 0:  # the arguments start at their first non-blank character
+            while obj.args_from < len(obj.text) and obj.text[obj.args_from].isspace():
+                obj.args_from += 1
+        if obj.args_to == -1:
+            end = _value_end(obj.text, obj.args_from)
+            upto = end if end != -1 else len(obj.text)
+            piece = obj.text[obj.args_from + obj.sent:upto]
+            if piece:
+                obj.sent += len(piece)
+                events.append(CallArguments(self._started - 1, piece))
+            if end != -1:
+                obj.args_to = end
+        return events
+
+    @staticmethod
+    def _close_at(obj: _Object) -> int:
+        rest = obj.text[obj.args_to:]
+        return obj.args_to + len(rest) - len(rest.lstrip()) + 1
+
+    def _object_closed(self, obj: _Object) -> bool:
+        rest = obj.text[obj.args_to:].lstrip()
+        if not rest.startswith("}"):
+            return False
+        arguments = obj.text[obj.args_from:obj.args_to]
+        assert obj.name is not None
+        self._calls.append(Call(obj.id, obj.name, arguments))
+        return True
+
+    # -- the public side ------------------------------------------------------------------
+
+    def feed(self, text: str) -> list[Event]:
+        if not self._in_calls:
+            return self._content(text)
+        self._raw += text
+        return self._calls_from(text)
+
+    def finish(self) -> tuple[list[Event], list[Call]]:
+        """The events still held and the complete calls. A call whose arguments did not close
+        is dropped (max_tokens cut it). Calls written another way (keys in another order) are
+        parsed whole here; if nothing was a call, what was held is content after all."""
+        calls = [c for c in self._calls if _is_object(c.arguments)]
+        if calls or self._started:
+            return [], calls
+        held = self._raw if self._in_calls else self._pending
+        self._pending, self._object, self._raw = "", None, ""
+        late = _whole_calls(held, self._known)
+        if not late:
+            return self._show(held), []
+        events: list[Event] = []
+        for call in late:
+            events += [CallStart(self._started, call.id, call.name),
+                       CallArguments(self._started, call.arguments)]
+            self._started += 1
+        return events, late
+
+    @property
+    def content(self) -> str:
+        return self._shown
+
+
+def _whole_calls(text: str, known: frozenset[str]) -> list[Call]:
+    """Every call object in `text`, parsed whole; [] unless all of it is calls."""
+    decoder = json.JSONDecoder()
+    calls: list[Call] = []
+    at = 0
+    while True:
+        skipped = _BETWEEN.match(text, at)
+        at = skipped.end() if skipped else at
+        if at >= len(text):
+            return calls
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return []
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, dict) or item.get("name") not in known:
+                return []
+            args = item.get("arguments", item.get("parameters", {}))
+            if not isinstance(args, dict):
+                return []
+            calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", item["name"],
+                              json.dumps(args, ensure_ascii=False)))
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False

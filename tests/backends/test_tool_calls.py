@@ -1,0 +1,112 @@
+"""The tool-call parser per model family, fed token-sized pieces: content until a call
+begins, the name once known, arguments as generated, complete calls at the end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backends.tool_calls import (
+    CallArguments,
+    CallStart,
+    Event,
+    ToolCallParser,
+    ToolFormat,
+    format_for_template,
+)
+
+KNOWN = frozenset({"get_weather", "get_time"})
+WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
+TIME = '{"name": "get_time", "arguments": {"tz": "CET"}}'
+
+
+def run(fmt: ToolFormat, text: str, forced: bool = False, step: int = 3) -> tuple[
+        str, list[tuple[str, str]], list[Event]]:
+    """Feed `text` in `step`-character pieces: (content, [(name, arguments)], all events)."""
+    parser = ToolCallParser(fmt, KNOWN, forced)
+    events: list[Event] = []
+    for at in range(0, len(text), step):
+        events += parser.feed(text[at:at + step])
+    tail, calls = parser.finish()
+    events += tail
+    content = "".join(e for e in events if isinstance(e, str))
+    return content, [(c.name, c.arguments) for c in calls], events
+
+
+def streamed_arguments(events: list[Event], index: int) -> str:
+    return "".join(e.text for e in events if isinstance(e, CallArguments) and e.index == index)
+
+
+@pytest.mark.parametrize(("fmt", "text"), [
+    ("hermes", f"Let me check.<tool_call>\n{WEATHER}\n</tool_call>"),
+    ("hermes", f"<tool_call>{WEATHER}</tool_call>\n<tool_call>{TIME}</tool_call>"),
+    ("llama3", f"<|python_tag|>{WEATHER}; {TIME}"),
+    ("llama3", WEATHER.replace('"arguments"', '"parameters"')),
+    ("mistral", f"[TOOL_CALLS][{WEATHER}, {TIME}]"),
+    ("mistral", f"[{WEATHER}]"),  # the marker is a special token whose text is not output
+    ("json", f"[{WEATHER}, {TIME}]"),
+    ("json", WEATHER),
+])
+def test_every_format_gives_its_calls_and_streams_their_arguments(fmt: ToolFormat,
+                                                                  text: str) -> None:
+    content, calls, events = run(fmt, text, forced=fmt == "json")
+    assert calls and calls[0][0] == "get_weather"
+    assert json.loads(calls[0][1]) == {"city": "Paris", "unit": "celsius"}
+    starts = [e for e in events if isinstance(e, CallStart)]
+    assert [s.name for s in starts] == [name for name, _ in calls]
+    for i, (_, arguments) in enumerate(calls):
+        assert streamed_arguments(events, i) == arguments  # streamed = final, piece by piece
+    assert "<tool_call>" not in content and "[TOOL_CALLS]" not in content
+    assert content.strip() in ("", "Let me check.")
+
+
+def test_arguments_stream_before_the_call_is_complete() -> None:
+    parser = ToolCallParser("hermes", KNOWN, False)
+    events = parser.feed('<tool_call>{"name": "get_weather", "arguments": {"city": "Pa')
+    assert isinstance(events[0], CallStart) and events[0].name == "get_weather"
+    assert streamed_arguments(events, 0) == '{"city": "Pa'
+    assert streamed_arguments(parser.feed('ris"}}</tool_call>'), 0) == 'ris"}'
+
+
+def test_a_call_cut_by_max_tokens_is_dropped_and_the_complete_ones_kept() -> None:
+    _, calls, _ = run("json", f'[{WEATHER}, {TIME}, {{"name": "get_weather", "arguments": {{"ci',
+                      forced=True)
+    assert [name for name, _ in calls] == ["get_weather", "get_time"]
+
+
+def test_plain_text_stays_content_including_lookalikes() -> None:
+    text = "Use <b>bold</b> and a <tool_ thing, and {braces} later."
+    content, calls, _ = run("hermes", text)
+    assert calls == [] and content == text
+
+
+def test_an_unknown_function_is_content_not_a_call() -> None:
+    text = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
+    content, calls, events = run("hermes", text)
+    assert calls == [] and content == text
+    assert not any(isinstance(e, CallStart) for e in events)
+
+
+def test_keys_in_another_order_still_parse_at_the_end() -> None:
+    text = '<tool_call>{"arguments": {"tz": "UTC"}, "name": "get_time"}</tool_call>'
+    _, calls, events = run("hermes", text)
+    assert calls == [("get_time", '{"tz": "UTC"}')]
+    assert [e.name for e in events if isinstance(e, CallStart)] == ["get_time"]
+
+
+def test_strings_with_braces_and_escapes_do_not_end_the_arguments_early() -> None:
+    tricky = '{"name": "get_time", "arguments": {"tz": "a}\\"b{", "n": [1, {"x": "]"}]}}'
+    _, calls, _ = run("json", tricky, forced=True, step=1)
+    assert json.loads(calls[0][1]) == {"tz": 'a}"b{', "n": [1, {"x": "]"}]}
+
+
+@pytest.mark.parametrize(("template", "fmt"), [
+    ("{% if tools %}<tool_call>{{ tools }}</tool_call>{% endif %}", "hermes"),
+    ("{{ '<|python_tag|>' }}{% if message.role == 'ipython' %}", "llama3"),
+    ("[AVAILABLE_TOOLS] {{ tools }}[/AVAILABLE_TOOLS][TOOL_CALLS]", "mistral"),
+    ("{% for m in messages %}{{ m.content }}{% endfor %}", "hermes"),
+    (None, "hermes"),
+])
+def test_the_format_comes_from_the_chat_template(template: str | None, fmt: str) -> None:
+    assert format_for_template(template) == fmt
