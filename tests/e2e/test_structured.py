@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -345,6 +346,7 @@ def test_langchain_structured_output_with_pydantic_bounds(server: Any) -> None:
         label: str = Field(max_length=20)
         confidence: float = Field(ge=0, le=1)
         votes: int = Field(ge=1, le=5)
+        reviewer: uuid.UUID  # format: uuid
 
     llm = ChatOpenAI(base_url=server.v1, api_key="unused", model=MODEL, temperature=0.5,
                      max_tokens=120, seed=3, max_retries=0)
