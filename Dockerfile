@@ -88,8 +88,9 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY backends ./backends
 COPY configs ./configs
-# lokal's own dependencies except llama-cpp-python (no compiler here, and vLLM serves instead).
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('llama-cpp-python')))" > /tmp/requirements.txt \
+# lokal's own dependencies except the llama.cpp engine's: llama-cpp-python (no compiler here,
+# and vLLM serves instead) and llguidance (vLLM pins its own version of it).
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith(('llama-cpp-python', 'llguidance'))))" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && pip install --no-cache-dir --no-deps -e . \
     && rm /tmp/requirements.txt

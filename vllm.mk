@@ -15,8 +15,9 @@ VLLM_GGUF_PKG_DIR := .cache/vllm/model-package
 VLLM_MODEL := .cache/vllm/SmolLM2-135M-Instruct
 VLLM_CONFIG := configs/smollm2-135m-instruct-vllm-cpu.yaml
 
-# lokal's own requirements minus llama-cpp-python: the vLLM venv does not need llama.cpp.
-LOKAL_REQS_NO_LLAMA = $(shell $(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(repr(r) for r in p["dependencies"] + p["optional-dependencies"]["dev"] if not r.startswith("llama-cpp-python")))')
+# lokal's own requirements minus the llama.cpp engine's (llama-cpp-python, and llguidance, of
+# which vllm-cpu 0.32 pins <1.8 and brings its own): the vLLM venv does not run llama.cpp.
+LOKAL_REQS_NO_LLAMA = $(shell $(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(repr(r) for r in p["dependencies"] + p["optional-dependencies"]["dev"] if not r.startswith(("llama-cpp-python", "llguidance"))))')
 
 VLLM_ENV := VLLM_TARGET_DEVICE=cpu VLLM_HOST_IP=127.0.0.1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1
 

@@ -68,6 +68,24 @@ class VllmSource(BaseModel):
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
 
+class GrammarLimits(BaseModel):
+    """What one request's output constraint may make the llama.cpp engine build and do per
+    step (llguidance's limits). Defaults are llguidance's, except `max_lexer_states`: its own
+    250k states at 1-2 kB each would let one request hold ~500 MB."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_lexer_states: int = Field(default=50_000, ge=100)
+    initial_lexer_fuel: int = Field(default=1_000_000, ge=1_000,
+                                    description="work to build the lexer (~50k/ms)")
+    step_lexer_fuel: int = Field(default=200_000, ge=1_000,
+                                 description="lexer work per token (~14k/ms)")
+    step_max_items: int = Field(default=50_000, ge=100,
+                                description="parser items per token (~20k/ms)")
+    max_grammar_size: int = Field(default=500_000, ge=100, description="grammar symbols")
+    max_items_in_row: int = Field(default=2_000, ge=10, description="alternatives in a rule")
+
+
 class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +100,7 @@ class LlamaCppOptions(BaseModel):
     prompt_cache_mib: int = Field(default=1024, ge=0,
                                   description="host RAM for KV of prompts evicted from the slots, "
                                   "restored when a later request shares their prefix (0: off)")
+    grammar: GrammarLimits = Field(default_factory=GrammarLimits)
 
 
 class EmbeddingOptions(BaseModel):

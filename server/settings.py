@@ -19,6 +19,7 @@ class SchemaLimits:
 
     max_bytes: int = 64 * 1024
     max_depth: int = 48
+    max_items: int = 100_000
 
 
 class ServerSettings(BaseSettings):
@@ -59,6 +60,8 @@ class ServerSettings(BaseSettings):
                                   "(serialized) a request may constrain its output with")
     max_schema_depth: int = Field(default=48, ge=4, description="deepest nesting of such a "
                                   "schema")
+    max_schema_items: int = Field(default=100_000, ge=1, description="largest minItems or "
+                                  "maxItems such a schema may ask for")
     max_headers: int = Field(default=100, ge=8, description="most HTTP headers in a request")
     max_header_bytes: int = Field(default=32 * 1024, ge=1024, description="most bytes of "
                                   "HTTP headers in a request")
@@ -110,7 +113,7 @@ class ServerSettings(BaseSettings):
         return specs + named
 
     def schema_limits(self) -> SchemaLimits:
-        return SchemaLimits(self.max_schema_bytes, self.max_schema_depth)
+        return SchemaLimits(self.max_schema_bytes, self.max_schema_depth, self.max_schema_items)
 
     def budgets(self, gpu_memory: int = 0) -> dict[str, int]:
         """Bytes loaded models may hold: host RAM from --memory-budget (a share of the RAM

@@ -156,7 +156,9 @@ def _constraint(body: ChatCompletionRequest) -> Constraint | None:
 
 
 def check_schema(schema: Any, param: str, limits: SchemaLimits) -> None:
-    """400 naming the limit when `schema` is larger or deeper than `limits` allow."""
+    """400 naming the limit when `schema` is larger or deeper than `limits` allow, or asks
+    for more array items than they allow (llguidance before 1.9, the one vLLM pins, builds
+    arrays item by item: `minItems: 1e9` was 24 GB here)."""
     size = len(json.dumps(schema, separators=(",", ":")))
     if size > limits.max_bytes:
         raise APIError(400, f"Invalid '{param}': the JSON schema is {size} bytes, more than "
@@ -170,6 +172,16 @@ def check_schema(schema: Any, param: str, limits: SchemaLimits) -> None:
             raise APIError(400, f"Invalid '{param}': the JSON schema nests deeper than this "
                            f"server's limit of {limits.max_depth} levels "
                            "(LOKAL_MAX_SCHEMA_DEPTH).", param=param, code="schema_too_deep")
+        for node in level:
+            if not isinstance(node, dict):
+                continue
+            for keyword in ("minItems", "maxItems"):
+                count = node.get(keyword)
+                if isinstance(count, int) and count > limits.max_items:
+                    raise APIError(400, f"Invalid '{param}': '{keyword}' is {count}, more than "
+                                   f"this server's limit of {limits.max_items} array items "
+                                   "(LOKAL_MAX_SCHEMA_ITEMS).", param=param,
+                                   code="schema_too_large")
         level = [child for node in level
                  for child in (node.values() if isinstance(node, dict) else
                                node if isinstance(node, list) else ())]

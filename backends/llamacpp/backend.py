@@ -158,7 +158,7 @@ class LlamaCppBackend:
         self._ctx = self._ctx_owner.ctx
         self._n_vocab = self._model.n_vocab()
         vocab = self._model.vocab
-        self._guidance = Guidance(vocab, self._n_vocab)
+        self._guidance = Guidance(vocab, self._n_vocab, opts.grammar)
         fim = (llama_cpp.llama_vocab_fim_pre(vocab), llama_cpp.llama_vocab_fim_suf(vocab),
                llama_cpp.llama_vocab_fim_mid(vocab))
         self._fim = fim if min(fim) >= 0 else None

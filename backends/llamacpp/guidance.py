@@ -12,7 +12,6 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
@@ -20,29 +19,14 @@ import numpy as np
 
 from backends.base import Constraint
 from backends.errors import InvalidParameter
+from backends.spec import GrammarLimits
 
 
-@dataclass(frozen=True, slots=True)
-class GrammarLimits:
-    """What one request's constraint may make the engine build and do per step. Defaults are
-    llguidance's, except `max_lexer_states` (its own default, 250k states at 1-2 kB each, would
-    let one request hold ~500 MB) and errors that never echo the parser's state."""
+def _parser_limits(limits: GrammarLimits) -> Any:
+    """llguidance's limits object; errors never echo the parser's state (verbose_errors)."""
+    import llguidance
 
-    max_lexer_states: int = 50_000
-    initial_lexer_fuel: int = 1_000_000
-    step_lexer_fuel: int = 200_000
-    step_max_items: int = 50_000
-    max_grammar_size: int = 500_000
-    max_items_in_row: int = 2_000
-
-    def llguidance(self) -> Any:
-        import llguidance
-
-        return llguidance.LLParserLimits(
-            max_items_in_row=self.max_items_in_row, initial_lexer_fuel=self.initial_lexer_fuel,
-            step_lexer_fuel=self.step_lexer_fuel, step_max_items=self.step_max_items,
-            max_lexer_states=self.max_lexer_states, max_grammar_size=self.max_grammar_size,
-            verbose_errors=False)
+    return llguidance.LLParserLimits(**limits.model_dump(), verbose_errors=False)
 
 
 # Whitespace between JSON tokens: flexible as models write it, but bounded, so that a model
@@ -99,7 +83,7 @@ class Guidance:
     def __init__(self, vocab: Any, n_vocab: int, limits: GrammarLimits | None = None) -> None:
         self._vocab = vocab
         self._n_vocab = n_vocab
-        self._limits = limits or GrammarLimits()
+        self._limits = _parser_limits(limits or GrammarLimits())
         self._lock = threading.Lock()
         self._tokenizer: Any = None
 
@@ -143,7 +127,7 @@ class Guidance:
 
         tokenizer = self.tokenizer()
         grammar = self.grammar(constraint)
-        limits = self._limits.llguidance()
+        limits = self._limits
         is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer,
                                                                       limits=limits)
         if is_error:
