@@ -133,6 +133,7 @@ class RequestIdMiddleware:
             # logged once here, never the exception text.
             if started:
                 raise
-            await errors.error_response(exc, rid)(scope, receive, send_with_id)
+            answer = errors.error_response(exc, rid, scope["path"])
+            await answer(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)

@@ -65,4 +65,4 @@ class APIKeyMiddleware:
         err = APIError(401, message, code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
         request_id = str(scope.get("state", {}).get("request_id", "unknown"))
-        await error_response(err, request_id)(scope, receive, send)
+        await error_response(err, request_id, scope["path"])(scope, receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -98,10 +98,45 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "unknown"))
 
 
-def error_response(exc: BaseException, request_id: str) -> JSONResponse:
+Protocol = Literal["openai", "anthropic", "ollama"]
+
+# Anthropic's error types by status, those its OpenAPI document lists (its docs also name a
+# request_too_large, which the document's ErrorResponse does not allow: 413 is a plain
+# invalid_request_error here).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+                    500: "api_error", 503: "overloaded_error", 504: "timeout_error"}
+
+
+def protocol_of(path: str) -> Protocol:
+    """Whose error shape a request expects, from its path: Anthropic's Messages routes,
+    Ollama's /api routes, OpenAI's for everything else. Middlewares answer before routing
+    (401, 413, 431, 408), so the path is what they have."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    if path == "/api" or path.startswith("/api/"):
+        return "ollama"
+    return "openai"
+
+
+def error_body(err: APIError, protocol: Protocol, request_id: str) -> dict[str, Any]:
+    """`err` in `protocol`'s envelope: OpenAI's {"error": {message, type, param, code}},
+    Anthropic's {"type": "error", "error": {type, message}, "request_id"}, Ollama's
+    {"error": message}."""
+    if protocol == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500
+                                    else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": err.message},
+                "request_id": request_id}
+    if protocol == "ollama":
+        return {"error": err.message}
+    return dict(envelope(err.message, err.type, err.param, err.code))
+
+
+def error_response(exc: BaseException, request_id: str, path: str = "") -> JSONResponse:
     err = to_api_error(exc, request_id)
     return JSONResponse(
-        envelope(err.message, err.type, err.param, err.code),
+        error_body(err, protocol_of(path), request_id),
         status_code=err.status,
         headers={**err.headers, "X-Request-ID": request_id},
     )
@@ -147,16 +182,17 @@ def validation_error(exc: RequestValidationError) -> APIError:
 def install(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(validation_error(exc), request_id_of(request))
+        return error_response(validation_error(exc), request_id_of(request),
+                              request.url.path)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = "not_found" if exc.status_code == 404 else None
         err = APIError(exc.status_code, str(exc.detail), code=kind)
-        return error_response(err, request_id_of(request))
+        return error_response(err, request_id_of(request), request.url.path)
 
     async def on_any(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc, request_id_of(request))
+        return error_response(exc, request_id_of(request), request.url.path)
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -51,7 +51,8 @@ class BodyLimitMiddleware:
         request_id = str(scope.get("state", {}).get("request_id", "unknown"))
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await error_response(body_too_large(self.limit), request_id)(scope, receive, send)
+            answer = error_response(body_too_large(self.limit), request_id, scope["path"])
+            await answer(scope, receive, send)
             return
 
         received = 0
@@ -88,7 +89,7 @@ class BodyLimitMiddleware:
         except _BodyRefused:
             pass
         if refused is not None and not started:
-            await error_response(refused, request_id)(scope, receive, send)
+            await error_response(refused, request_id, scope["path"])(scope, receive, send)
 
 
 def request_timeout(seconds: float) -> APIError:
@@ -209,6 +210,6 @@ class HeaderLimitMiddleware:
                              code="headers_too_large")
         if error is not None:
             request_id = str(scope.get("state", {}).get("request_id", "unknown"))
-            await error_response(error, request_id)(scope, receive, send)
+            await error_response(error, request_id, scope["path"])(scope, receive, send)
             return
         await self.app(scope, receive, send)

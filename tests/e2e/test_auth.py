@@ -121,3 +121,25 @@ def test_an_empty_key_file_stops_start_up(tmp_path: Path) -> None:
     empty.write_text("# no keys here\n\n")
     with pytest.raises(RuntimeError, match="holds no key"):
         start_server(tmp_path, env={"LOKAL_API_KEY_FILE": str(empty)}, ready_timeout=60)
+
+
+def test_anthropic_clients_get_anthropics_error_shape(secured: Server) -> None:
+    """Claude Code and the Anthropic SDKs send x-api-key to /v1/messages: a bad key is their
+    AuthenticationError, parsed from Anthropic's envelope. (The Messages API itself is not
+    served yet: with a good key the route is a NotFoundError, in the same shape.)"""
+    import anthropic
+
+    from tests.openapi import validate as validate_spec
+
+    ask = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    bad = anthropic.Anthropic(base_url=secured.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        bad.messages.create(**ask)  # type: ignore[call-overload]
+    body = caught.value.body
+    validate_spec(body, "ErrorResponse", vendor="anthropic")
+    assert isinstance(body, dict) and body["error"]["type"] == "authentication_error"
+    good = anthropic.Anthropic(base_url=secured.base_url, api_key=ENV_KEYS[0], max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        good.messages.create(**ask)  # type: ignore[call-overload]
+    assert isinstance(missing.value.body, dict)
+    assert missing.value.body["error"]["type"] == "not_found_error"
