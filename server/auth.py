@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import APIError, error_response
+from server.errors import APIError, send_error
 
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/version"})
 
@@ -64,5 +64,4 @@ class APIKeyMiddleware:
             message = "Incorrect API key provided."
         err = APIError(401, message, code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
-        request_id = str(scope.get("state", {}).get("request_id", "unknown"))
-        await error_response(err, request_id, scope["path"])(scope, receive, send)
+        await send_error(err, scope, receive, send)

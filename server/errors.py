@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from backends.errors import (
     BackendError,
@@ -140,6 +141,13 @@ def error_response(exc: BaseException, request_id: str, path: str = "") -> JSONR
         status_code=err.status,
         headers={**err.headers, "X-Request-ID": request_id},
     )
+
+
+async def send_error(exc: BaseException, scope: Scope, receive: Receive, send: Send) -> None:
+    """A middleware's refusal: `exc` as the answer, with the request's id, in the envelope of
+    the protocol its path belongs to."""
+    request_id = str(scope.get("state", {}).get("request_id", "unknown"))
+    await error_response(exc, request_id, scope["path"])(scope, receive, send)
 
 
 def _param(loc: Sequence[Any]) -> str | None:

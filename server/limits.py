@@ -13,7 +13,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Chunk
-from server.errors import APIError, error_response
+from server.errors import APIError, send_error
 
 
 def body_too_large(limit: int) -> APIError:
@@ -48,11 +48,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = str(scope.get("state", {}).get("request_id", "unknown"))
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            answer = error_response(body_too_large(self.limit), request_id, scope["path"])
-            await answer(scope, receive, send)
+            await send_error(body_too_large(self.limit), scope, receive, send)
             return
 
         received = 0
@@ -89,7 +87,7 @@ class BodyLimitMiddleware:
         except _BodyRefused:
             pass
         if refused is not None and not started:
-            await error_response(refused, request_id, scope["path"])(scope, receive, send)
+            await send_error(refused, scope, receive, send)
 
 
 def request_timeout(seconds: float) -> APIError:
@@ -166,14 +164,15 @@ def lone_surrogate(value: Any, where: str = "") -> str | None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 async def reject_lone_surrogates(request: Request) -> None:
     """A route dependency: 400 for a JSON body with a lone surrogate escape anywhere. FastAPI
     has read the body before dependencies run, so this parses the cached bytes again."""
     body = await request.body()
-    if b"\\u" not in body and b"\\U" not in body:
-        return
+    if not _SURROGATE_ESCAPE.search(body):
+        return  # most bodies: no \ud800-\udfff escape, so nothing to parse again
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -209,7 +208,6 @@ class HeaderLimitMiddleware:
                              f"server's limit of {self.max_bytes} (LOKAL_MAX_HEADER_BYTES).",
                              code="headers_too_large")
         if error is not None:
-            request_id = str(scope.get("state", {}).get("request_id", "unknown"))
-            await error_response(error, request_id, scope["path"])(scope, receive, send)
+            await send_error(error, scope, receive, send)
             return
         await self.app(scope, receive, send)
