@@ -50,6 +50,13 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Mapping[int, float] = field(default_factory=dict)
+    top_k: int = 0
+    """Sample from the k likeliest tokens only; 0: no such cut."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p times the likeliest; 0: no such cut."""
+    repetition_penalty: float = 1.0
+    """Divides the logits of tokens already in the prompt or output (llama.cpp's
+    repeat_penalty, vLLM's repetition_penalty); 1: none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,17 @@ from server.auth import APIKeyMiddleware
 from server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from server.logs import REQUEST_ID
 from server.metrics import Metrics, RequestMetricsMiddleware
-from server.routes import chat, completions, embeddings, health, metrics, models
+from server.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    messages,
+    metrics,
+    models,
+    ollama,
+    responses,
+)
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -77,7 +87,8 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router,
-                   health.router, metrics.router):
+                   messages.router, responses.router, ollama.router, health.router,
+                   metrics.router):
         app.include_router(router)
     return app
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from backends.base import (
     ChatMessage,
     ChatPrompt,
-    Chunk,
     Constraint,
     GenerationRequest,
     LogprobsRequest,
@@ -24,7 +23,12 @@ from backends.base import (
 from backends.tool_calls import Call, ToolCallParser, ToolFormat
 from backends.tools import tool_call_schema
 from server.errors import APIError
-from server.protocol.chat import ChatCompletionMessageParam, ChatCompletionRequest, ToolCallWire
+from server.protocol.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionRequest,
+    ResponseFormat,
+    ToolCallWire,
+)
 from server.protocol.common import CompletionUsage, SamplingFields
 from server.protocol.completions import CompletionRequest
 from server.settings import SchemaLimits
@@ -108,50 +112,98 @@ def tool_call_wire(call: Call) -> ToolCallWire:
             "function": {"name": call.name, "arguments": call.arguments}}
 
 
-def chat_tools(body: ChatCompletionRequest) -> ToolMode | None:
-    if body.tool_choice is not None and not body.tools:
-        raise APIError(400, "'tool_choice' is only allowed when 'tools' are specified.",
-                       param="tool_choice", code="invalid_value")
-    if not body.tools or body.tool_choice == "none":
-        return None
-    names = frozenset(t.function.name for t in body.tools)
-    if len(names) != len(body.tools):
-        raise APIError(400, "Invalid 'tools': function names must be unique.", param="tools",
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """A request's tool choice in neutral terms: `auto`, `none`, `required` (some call), or
+    `required` with `name` (that function)."""
+
+    mode: Literal["auto", "none", "required"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPlan:
+    """What a request's tools become: the tools the prompt shows (OpenAI's function-tool
+    shape, which chat templates expect), how the output is parsed, and the constraint that
+    enforces a forced call. Empty when there are no tools or the choice is `none`."""
+
+    tools: tuple[Mapping[str, Any], ...] = ()
+    mode: ToolMode | None = None
+    constraint: Constraint | None = None
+
+
+def tool_plan(tools: Sequence[Mapping[str, Any]], choice: ToolChoice | None, *,
+              parallel: bool = True, param: str = "tools",
+              choice_param: str = "tool_choice",
+              schema_field: str = "function.parameters") -> ToolPlan:
+    """The one place tools and tool_choice are checked and enforced, for every front door.
+    `tools` are function tools as {"type": "function", "function": {"name", "description",
+    "parameters"}}; `param`, `choice_param` and `schema_field` name the fields in the
+    caller's protocol."""
+    if choice is not None and not tools:
+        raise APIError(400, f"'{choice_param}' is only allowed when '{param}' are specified.",
+                       param=choice_param, code="invalid_value")
+    if not tools or (choice is not None and choice.mode == "none"):
+        return ToolPlan()
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise APIError(400, f"Invalid '{param}': function names must be unique.", param=param,
                        code="invalid_value")
-    choice = body.tool_choice
-    if choice is not None and not isinstance(choice, str) and choice.function.name not in names:
-        raise APIError(400, f"Invalid 'tool_choice': no tool named '{choice.function.name}' "
-                       "in 'tools'.", param="tool_choice", code="invalid_value")
-    return ToolMode(names, forced=choice is not None and choice != "auto")
-
-
-def _constraint(body: ChatCompletionRequest) -> Constraint | None:
-    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
-    for i, tool in enumerate(body.tools or []):
-        params = tool.function.parameters
+    for i, tool in enumerate(tools):
+        params = tool["function"].get("parameters")
         if params is not None and params.get("type", "object") != "object":
-            raise APIError(400, f"Invalid 'tools[{i}].function.parameters': must be a JSON "
-                           "schema of type object.", param=f"tools[{i}].function.parameters",
-                           code="invalid_value")
-    choice = body.tool_choice
+            where = f"{param}[{i}].{schema_field}"
+            raise APIError(400, f"Invalid '{where}': must be a JSON schema of type object.",
+                           param=where, code="invalid_value")
+    if choice is not None and choice.name is not None and choice.name not in names:
+        raise APIError(400, f"Invalid '{choice_param}': no tool named '{choice.name}' in "
+                       f"'{param}'.", param=choice_param, code="invalid_value")
+    forced = choice is not None and choice.mode == "required"
+    constraint = None
+    if forced:
+        assert choice is not None
+        only = choice.name
+        constraint = Constraint(kind="tool_calls", schema=tool_call_schema(
+            list(tools), only=only, parallel=parallel and only is None))
+    return ToolPlan(tuple(tools), ToolMode(frozenset(names), forced=forced), constraint)
+
+
+def _chat_plan(body: ChatCompletionRequest) -> ToolPlan:
+    choice: ToolChoice | None
+    if body.tool_choice is None:
+        choice = None
+    elif isinstance(body.tool_choice, str):
+        choice = ToolChoice(body.tool_choice)
+    else:
+        choice = ToolChoice("required", body.tool_choice.function.name)
+    return tool_plan([t.model_dump(exclude_none=True) for t in body.tools or []], choice,
+                     parallel=body.parallel_tool_calls is not False)
+
+
+def chat_tools(body: ChatCompletionRequest) -> ToolMode | None:
+    return _chat_plan(body).mode
+
+
+def _constraint(body: ChatCompletionRequest, plan: ToolPlan) -> Constraint | None:
     fmt = body.response_format
     wants_format = fmt is not None and fmt.type != "text"
-    if tools and choice != "none" and wants_format:
+    if plan.mode is not None and wants_format:
         raise _unsupported("response_format", "it cannot be enforced together with tools; "
                            "send one or the other")
-    if tools and choice not in (None, "none", "auto"):
-        only = None if isinstance(choice, str) or choice is None else choice.function.name
-        schema = tool_call_schema(tools, only=only,
-                                  parallel=body.parallel_tool_calls is not False and only is None)
-        return Constraint(kind="tool_calls", schema=schema)
+    if plan.constraint is not None:
+        return plan.constraint
+    return response_format_constraint(fmt)
+
+
+def response_format_constraint(fmt: ResponseFormat | None,
+                               param: str = "response_format") -> Constraint | None:
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
         return Constraint(kind="json_object")
     if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-        raise APIError(400, "Missing required parameter: 'response_format.json_schema.schema'.",
-                       param="response_format.json_schema.schema",
-                       code="missing_required_parameter")
+        raise APIError(400, f"Missing required parameter: '{param}.json_schema.schema'.",
+                       param=f"{param}.json_schema.schema", code="missing_required_parameter")
     return Constraint(kind="json_schema", schema=fmt.json_schema.schema_)
 
 
@@ -204,19 +256,18 @@ def chat_request(body: ChatCompletionRequest, request_id: str,
                                     tool_calls=calls, tool_call_id=m.tool_call_id))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
-    tools = () if chat_tools(body) is None else tuple(
-        t.model_dump(exclude_none=True) for t in body.tools or [])
+    plan = _chat_plan(body)
     return GenerationRequest(
         request_id=request_id,
-        prompt=ChatPrompt(tuple(messages), tools=tools),
+        prompt=ChatPrompt(tuple(messages), tools=plan.tools),
         sampling=_sampling(body, max_tokens),
         n=body.n or 1,
         logprobs=LogprobsRequest(body.top_logprobs or 0) if body.logprobs else None,
-        constraint=_limited(_constraint(body), limits or SchemaLimits()),
+        constraint=limited(_constraint(body, plan), limits or SchemaLimits()),
     )
 
 
-def _limited(constraint: Constraint | None, limits: SchemaLimits) -> Constraint | None:
+def limited(constraint: Constraint | None, limits: SchemaLimits) -> Constraint | None:
     if constraint is not None and constraint.schema is not None:
         param = "tools" if constraint.kind == "tool_calls" else "response_format"
         check_schema(constraint.schema, param, limits)
@@ -277,14 +328,14 @@ class UsageTotal:
     cached_tokens: int = 0
     _prompts_seen: set[int] = field(default_factory=set)
 
-    def add(self, chunk: Chunk, prompt_index: int) -> None:
-        if chunk.usage is None:
+    def add(self, usage: Usage | None, prompt_index: int) -> None:
+        if usage is None:
             return
-        self.completion_tokens += chunk.usage.completion_tokens
+        self.completion_tokens += usage.completion_tokens
         if prompt_index not in self._prompts_seen:
             self._prompts_seen.add(prompt_index)
-            self.prompt_tokens += chunk.usage.prompt_tokens
-            self.cached_tokens += chunk.usage.cached_tokens
+            self.prompt_tokens += usage.prompt_tokens
+            self.cached_tokens += usage.cached_tokens
 
     def usage(self) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
