@@ -55,8 +55,9 @@ class SamplingParams:
     min_p: float = 0.0
     """Drop tokens less likely than min_p times the likeliest; 0: no such cut."""
     repetition_penalty: float = 1.0
-    """Divides the logits of tokens already in the prompt or output (llama.cpp's
-    repeat_penalty, vLLM's repetition_penalty); 1: none."""
+    """Scales down the logits of tokens already seen (llama.cpp's repeat_penalty, vLLM's
+    repetition_penalty); 1: none. vLLM counts the prompt's tokens too, lokal's llama.cpp
+    engine only the generated ones, as it does for the OpenAI penalties."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,14 +31,21 @@ class SamplerChain:
                 biases[i].token = token  # type: ignore[assignment]
                 biases[i].bias = bias
             add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases))
-        if params.frequency_penalty or params.presence_penalty:
+        if params.frequency_penalty or params.presence_penalty or \
+                params.repetition_penalty != 1.0:
             add(llama_cpp.llama_sampler_init_penalties(
-                n_vocab, PENALTY_WINDOW, 1.0, params.frequency_penalty, params.presence_penalty))
+                n_vocab, PENALTY_WINDOW, params.repetition_penalty, params.frequency_penalty,
+                params.presence_penalty))
         if params.temperature == 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
         else:
-            # Temperature first, then nucleus, as vLLM does: one contract on both engines.
+            # Temperature first, then min-p, top-k and nucleus, as vLLM does: one contract on
+            # both engines.
             add(llama_cpp.llama_sampler_init_temp(params.temperature))
+            if params.min_p > 0.0:
+                add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            if params.top_k > 0:
+                add(llama_cpp.llama_sampler_init_top_k(params.top_k))
             if params.top_p < 1.0:
                 add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
             add(llama_cpp.llama_sampler_init_dist(seed))

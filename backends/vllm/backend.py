@@ -210,8 +210,9 @@ class VllmBackend:
         return EngineParams(
             max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=sampling.stop, presence_penalty=sampling.presence_penalty,
-            frequency_penalty=sampling.frequency_penalty, logit_bias=dict(sampling.logit_bias),
-            structured=_structured(request.constraint),
+            frequency_penalty=sampling.frequency_penalty, top_k=sampling.top_k,
+            min_p=sampling.min_p, repetition_penalty=sampling.repetition_penalty,
+            logit_bias=dict(sampling.logit_bias), structured=_structured(request.constraint),
             logprobs=None if request.logprobs is None else request.logprobs.top_n)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:

@@ -40,6 +40,9 @@ class EngineParams:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     structured: Structured | None = None
     logprobs: int | None = None
@@ -122,6 +125,8 @@ class VllmEngine:
                 top_p=params.top_p, seed=params.seed, stop=list(params.stop),
                 presence_penalty=params.presence_penalty,
                 frequency_penalty=params.frequency_penalty,
+                top_k=params.top_k,
+                min_p=params.min_p, repetition_penalty=params.repetition_penalty,
                 logit_bias=dict(params.logit_bias) or None,
                 structured_outputs=structured, logprobs=params.logprobs,
                 output_kind=RequestOutputKind.DELTA,

@@ -15,6 +15,9 @@ Temperature = Annotated[float | None, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float | None, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
 MaxTokens = Annotated[int | None, Field(ge=1)]
+TopK = Annotated[int | None, Field(ge=0, le=1_000_000)]
+MinP = Annotated[float | None, Field(ge=0.0, le=1.0)]
+RepetitionPenalty = Annotated[float | None, Field(gt=0.0, le=2.0)]
 ChoiceCount = Annotated[int | None, Field(ge=1, le=128)]
 Stop = str | list[str] | None
 
@@ -43,6 +46,11 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # Beyond OpenAI, as vLLM's and llama.cpp's servers accept them (clients send them in
+    # extra_body); honoured by both engines, never dropped.
+    top_k: TopK = None
+    min_p: MinP = None
+    repetition_penalty: RepetitionPenalty = None
 
 
 class PromptTokensDetails(TypedDict):

@@ -105,6 +105,24 @@ def test_penalties_and_top_p_change_or_keep_output_sanely(client: openai.OpenAI)
     assert nucleus.choices[0].message.content == greedy.choices[0].message.content
 
 
+def test_top_k_min_p_and_repetition_penalty_are_honoured(client: openai.OpenAI) -> None:
+    """vLLM's and llama.cpp's extra sampling fields: top_k 1 or min_p 1 leave only the likeliest
+    token, so a hot, seeded sample equals greedy; a repetition penalty changes greedy output."""
+    greedy = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12,
+                                            temperature=0).choices[0].message.content
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):
+        for seed in (1, 2):
+            hot = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12,
+                                                 temperature=2.0, seed=seed, extra_body=extra)
+            assert hot.choices[0].message.content == greedy, extra
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "Repeat: the the the the"}],
+            "max_tokens": 30, "temperature": 0}
+    plain = client.chat.completions.create(**base).choices[0].message.content
+    penalised = client.chat.completions.create(
+        **base, extra_body={"repetition_penalty": 1.8}).choices[0].message.content
+    assert plain != penalised
+
+
 def test_content_as_list_of_text_parts_equals_plain_string(client: openai.OpenAI) -> None:
     text = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Name a colour."}],
