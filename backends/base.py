@@ -180,6 +180,9 @@ class BackendStats:
     waiting: int = 0
     slots_total: int = 1
     kv_cells_used: int = 0
+    """Cells holding KV, a finished conversation's kept for prefix reuse included."""
+    kv_cells_busy: int = 0
+    """Cells held by running sequences only."""
     kv_cells_total: int = 0
     prefix_cache_hit_tokens: int = 0
     cancelled: int = 0

@@ -107,7 +107,8 @@ async def start(
         request.state.model = model_id  # the metrics middleware labels the request with it
         if settings.log_prompts:
             logger.info("prompt for %s: %r", model_id, generation.prompt)
-        chunks = metrics.observe(backend.generate(generation), model_id, started)
+        chunks = metrics.observe(backend.generate(generation), model_id, started,
+                                 vllm_names=backend.info.backend == "llamacpp")
         if settings.request_timeout > 0:
             chunks = with_deadline(chunks, started, settings.request_timeout)
         return await prime(_released(chunks, lease))

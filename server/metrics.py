@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Chunk
 from backends.pool import ModelPool
+from server.vllm_metrics import ENGINE, VllmMetrics
 
 # Buckets for LLM work: a first token in tens of ms (cached, small model) to a minute (long
 # prompt on CPU); tokens every few ms (GPU) to a second (CPU under load); whole requests up
@@ -57,40 +58,59 @@ class Metrics:
                                      ["model"], registry=r)
         self.generation_tokens = Counter("lokal_generation_tokens", "Tokens generated",
                                          ["model"], registry=r)
+        vllm = VllmMetrics(pool)
+        self.vllm = vllm.series
         r.register(ProcessCollector(registry=None))
         r.register(EngineCollector(pool, version))
+        r.register(vllm)
 
     async def observe(
-        self, chunks: AsyncGenerator[Chunk, None], model: str, started: float
+        self, chunks: AsyncGenerator[Chunk, None], model: str, started: float,
+        vllm_names: bool = False,
     ) -> AsyncGenerator[Chunk, None]:
         """Passes one generation's chunks through, timing them (`started` is the request's
-        time.perf_counter at arrival) and counting the tokens the engine reports."""
+        time.perf_counter at arrival) and counting the tokens the engine reports. With
+        `vllm_names` (a llama.cpp-engine model) the vllm:* series are observed too."""
         first_token_seen = False
         last_token_at: dict[int, float] = {}
         prompt_counted = False
+        finish: str | None = None
         inter_token_latency = self.inter_token_latency.labels(model)  # once, not per token
+        vllm_itl = self.vllm.itl.labels(model, ENGINE) if vllm_names else None
         try:
             async for chunk in chunks:
                 now = time.perf_counter()
                 if chunk.queue_seconds is not None:  # engines that queue report the wait
                     self.queue_time.labels(model).observe(chunk.queue_seconds)
+                    if vllm_names:
+                        self.vllm.queue.labels(model, ENGINE).observe(chunk.queue_seconds)
                 tokens = len(chunk.token_ids) or (1 if chunk.text else 0)
                 if tokens:
                     if not first_token_seen:
                         first_token_seen = True
                         self.time_to_first_token.labels(model).observe(now - started)
+                        if vllm_names:
+                            self.vllm.ttft.labels(model, ENGINE).observe(now - started)
                     previous = last_token_at.get(chunk.index)
                     if previous is not None:
                         gap = (now - previous) / tokens
                         for _ in range(tokens):
                             inter_token_latency.observe(gap)
+                            if vllm_itl is not None:
+                                vllm_itl.observe(gap)
                     last_token_at[chunk.index] = now
                 if chunk.usage is not None:
                     self.generation_tokens.labels(model).inc(chunk.usage.completion_tokens)
+                    if vllm_names:
+                        self.vllm.usage(model, chunk.usage, prompt_counted)
                     if not prompt_counted:  # n choices of one prompt share it
                         prompt_counted = True
                         self.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
                 yield chunk
+            if vllm_names and finish is not None:  # ran to its end, as vLLM counts them
+                self.vllm.finished(model, started, finish)
         finally:
             await chunks.aclose()
 

@@ -178,6 +178,7 @@ class LlamaCppBackend:
         return BackendStats(
             running=scheduler.running, waiting=scheduler.waiting,
             slots_total=scheduler.n_slots, kv_cells_used=scheduler.kv_tokens(),
+            kv_cells_busy=scheduler.kv_tokens_busy(),
             kv_cells_total=scheduler.n_slots * self._spec.context_length,
             prefix_cache_hit_tokens=scheduler.cached_tokens_total,
             cancelled=scheduler.cancelled_total,

@@ -178,6 +178,11 @@ class Scheduler:
     def kv_tokens(self) -> int:
         return sum(len(s.tokens) for s in self._slots.slots)
 
+    def kv_tokens_busy(self) -> int:
+        """Cells held by running sequences; a finished one's cells are kept only for prefix
+        reuse and are free to overwrite (vLLM counts its cached blocks as free the same way)."""
+        return sum(len(s.tokens) for s in self._slots.slots if s.busy)
+
     # -- the engine thread ----------------------------------------------------------------
 
     def _run(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -50,7 +51,7 @@ def names(samples: Samples) -> set[str]:
 
 def test_every_series_is_named_lokal_and_labelled_by_model(http: httpx.Client) -> None:
     samples = scrape(http)
-    ours = {n for n in names(samples) if not n.startswith(("process_", "python_"))}
+    ours = {n for n in names(samples) if not n.startswith(("process_", "python_", "vllm:"))}
     assert ours and all(n.startswith("lokal_") for n in ours), ours
     for family in ("lokal_requests_running", "lokal_requests_waiting", "lokal_slots",
                    "lokal_prefix_cache_hit_tokens_total", "lokal_requests_cancelled_total",
@@ -175,3 +176,62 @@ def test_histogram_buckets_fit_llm_latencies(http: httpx.Client) -> None:
     assert {0.01, 0.1, 1.0, 10.0, 80.0} <= bounds("lokal_time_to_first_token_seconds")
     assert {0.005, 0.05, 0.5} <= bounds("lokal_inter_token_latency_seconds")
     assert {1.0, 60.0, 600.0} <= bounds("lokal_request_duration_seconds")
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+VLLM_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+                   "vllm:e2e_request_latency_seconds", "vllm:request_queue_time_seconds")
+
+
+def test_vllm_named_series_move_with_requests(http: httpx.Client, backend_name: str) -> None:
+    """What Kubernetes' inference routers read from a pod, under vLLM's names: gauges that rise
+    while streams decode and return to zero after, histograms that count the requests, prefix
+    cache counters, the KV geometry and the loaded models as LoRA adapters."""
+    before = scrape(http)
+    body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 120, "temperature": 0,
+            "stream": True}
+    streams = 3
+    busy: list[Samples] = []
+
+    def run() -> None:
+        with httpx.Client(base_url=str(http.base_url), timeout=120) as c, \
+                c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for _ in r.iter_lines():
+                pass
+
+    with ThreadPoolExecutor(streams) as pool:
+        futures = [pool.submit(run) for _ in range(streams)]
+        seen = poll(http, lambda s: total(s, "vllm:num_requests_running") >= 1
+                    and total(s, "vllm:kv_cache_usage_perc") > 0, seconds=60)
+        busy.append(seen or {})
+        for f in futures:
+            f.result()
+    assert busy[0], "running and KV usage never rose while streams decoded"
+    assert 0 < total(busy[0], "vllm:kv_cache_usage_perc") <= 1
+    idle = poll(http, lambda s: total(s, "vllm:num_requests_running") == 0
+                and total(s, "vllm:num_requests_waiting") == 0
+                and total(s, "vllm:kv_cache_usage_perc") == 0)
+    assert idle, "running, waiting and KV usage did not return to zero"
+    for name in VLLM_HISTOGRAMS:
+        grew = total(idle, f"{name}_count") - total(before, f"{name}_count")
+        assert grew >= streams if name != "vllm:inter_token_latency_seconds" else grew > 0, name
+    queried = total(idle, "vllm:prefix_cache_queries_total") - \
+        total(before, "vllm:prefix_cache_queries_total")
+    assert queried >= streams * 20  # each prompt is ~60 tokens; every one is looked up
+    hits = [k for k in idle if k[0] == "vllm:prefix_cache_hits_total"]
+    assert hits
+    types = [ln for ln in http.get("/metrics").text.splitlines() if ln.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), "a metric family is exposed twice"
+    info = [dict(labels) for name, labels in idle if name == "vllm:cache_config_info"]
+    assert info and all({"block_size", "num_gpu_blocks", "engine"} <= i.keys() for i in info)
+    if backend_name == "llamacpp":
+        served = http.get(f"/v1/models/{MODEL}").json()
+        slots = value(idle, "lokal_slots", model=MODEL)
+        assert info == [{"block_size": "1", "engine": "0", "model_name": MODEL,
+                         "num_gpu_blocks": str(int(slots) * served["context_length"])}]
+        lora = [dict(labels) for name, labels in idle if name == "vllm:lora_requests_info"]
+        assert [entry["running_lora_adapters"] for entry in lora] == [MODEL]
