@@ -127,6 +127,17 @@ class EmbeddingOptions(BaseModel):
         return self
 
 
+class PulledFrom(BaseModel):
+    """Where `lokal pull` downloaded the model from (so `lokal rm` may delete it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str
+    revision: str
+    file: str
+    sha256: str | None = None
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -145,6 +156,7 @@ class ModelSpec(BaseModel):
     pinned: bool = Field(default=False, description="never unloaded to make room or when idle")
     ttl: float | None = Field(default=None, ge=0, description="seconds idle before unloading; "
                               "0: never; default: --idle-unload")
+    pulled: PulledFrom | None = None
     base_dir: Path | None = Field(default=None, exclude=True)
     source: Path | None = Field(default=None, exclude=True)
     """The YAML file this spec came from, for messages."""
