@@ -1,4 +1,5 @@
-"""`lokal serve`: command-line flags -> ServerSettings -> uvicorn."""
+"""`lokal serve|chat|pull|models|rm`: command-line flags -> ServerSettings -> uvicorn, or the
+client commands (server/tools_cli.py)."""
 
 from __future__ import annotations
 
@@ -60,11 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace", dest="shutdown_grace", type=int,
                        help="seconds running requests get after SIGTERM (default 30; "
                        "LOKAL_SHUTDOWN_GRACE)")
+    from server import tools_cli
+
+    tools_cli.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        from server import tools_cli
+
+        return tools_cli.run(args)
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k != "command" and v is not None
     }

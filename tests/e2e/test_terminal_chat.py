@@ -1,0 +1,103 @@
+"""`lokal chat` driven through a pseudo-terminal (pexpect) against the real server: a streamed
+reply with its usage, multi-line input, /model, /system, /save, /clear, /load, Ctrl-C stopping
+a reply (and the server freeing its slot), and clear messages when the server is down or the
+model unknown."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pexpect
+
+from tests.conftest import MODEL, REPO, Server, free_port
+
+PROMPT = f"{MODEL}>"
+
+
+def _spawn(*args: str, home: Path) -> pexpect.spawn:
+    env = {"TERM": "xterm-256color", "HOME": str(home), "PATH": "/usr/bin:/bin",
+           "XDG_DATA_HOME": str(home / "data"), "PYTHONPATH": str(REPO),
+           "PROMPT_TOOLKIT_NO_CPR": "1"}
+    return pexpect.spawn(sys.executable, ["-m", "server.cli", "chat", *args], cwd=str(REPO),
+                         env=env, encoding="utf-8", timeout=60, dimensions=(40, 160))
+
+
+def _running(server: Server) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("lokal_requests_running{"))
+
+
+def test_a_conversation_with_commands_and_a_stopped_reply(server: Server,
+                                                          tmp_path: Path) -> None:
+    chat = _spawn("--url", server.base_url, "--max-tokens", "24", "--temperature", "0",
+                  home=tmp_path)
+    try:
+        chat.expect_exact(f"model {MODEL}")
+        chat.expect_exact(PROMPT)
+        chat.send("Say hello.\r")
+        chat.expect(r"\[(\d+) prompt \+ (\d+) completion tokens\]")
+        assert 0 < int(chat.match.group(2)) <= 24
+        chat.expect_exact(PROMPT)
+        chat.send("line one\x1b\rline two\r")  # Alt-Enter: a new line, not a send
+        chat.expect(r"completion tokens\]")
+        chat.expect_exact(PROMPT)
+        chat.send("/model\r")
+        chat.expect(rf"{MODEL} \*\s+loaded")
+        chat.expect_exact(PROMPT)
+        chat.send("/system You are terse.\r")
+        chat.expect_exact("system prompt set")
+        saved = tmp_path / "talk.json"
+        chat.send(f"/save {saved}\r")
+        chat.expect_exact("saved 4 messages")
+        data = json.loads(saved.read_text())
+        assert data["system"] == "You are terse." and data["model"] == MODEL
+        assert data["messages"][2] == {"role": "user", "content": "line one\nline two"}
+        chat.send("/clear\r")
+        chat.expect_exact("new conversation")
+        chat.send(f"/load {saved}\r")
+        chat.expect_exact("loaded 4 messages")
+        chat.send("/model no-such-model\r")
+        chat.expect_exact("no model 'no-such-model'")
+        chat.expect_exact(PROMPT)
+        chat.sendline("/exit")
+        chat.expect(pexpect.EOF)
+    finally:
+        chat.close(force=True)
+
+    long_chat = _spawn("--url", server.base_url, "--max-tokens", "1500", "--temperature", "0",
+                       home=tmp_path)
+    try:
+        long_chat.expect_exact(PROMPT)
+        long_chat.send("Write a very long story about a dragon.\r")  # 1500 tokens greedy
+        long_chat.expect_exact("dragon.")  # the input's echo
+        long_chat.expect(r"\w+\s+\w+\s+\w+\s+\w+")  # the reply is streaming
+        long_chat.sendintr()
+        long_chat.expect_exact("[stopped]")
+        long_chat.expect_exact(PROMPT)
+        deadline = time.monotonic() + 30
+        while _running(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(server) == 0, "the stopped reply still holds a slot"
+        long_chat.sendeof()
+        long_chat.expect(pexpect.EOF)
+    finally:
+        long_chat.close(force=True)
+
+
+def test_clear_messages_when_the_server_is_down_or_the_model_unknown(
+        server: Server, tmp_path: Path) -> None:
+    down = _spawn("--url", f"http://127.0.0.1:{free_port()}", home=tmp_path)
+    down.expect_exact("cannot reach lokal at")
+    down.expect(pexpect.EOF)
+    down.close()
+    assert down.exitstatus == 1
+    unknown = _spawn("no-such-model", "--url", server.base_url, home=tmp_path)
+    unknown.expect_exact("model 'no-such-model' is not served here")
+    unknown.expect(pexpect.EOF)
+    unknown.close()
+    assert unknown.exitstatus == 1
