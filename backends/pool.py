@@ -40,6 +40,8 @@ from backends.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
+DISCOVER_INTERVAL = 2.0
+
 Factory = Callable[[ModelSpec], Backend]
 Estimator = Callable[[ModelSpec], Footprint]
 
@@ -60,9 +62,12 @@ class ModelPool:
         factory: Factory | None = None,
         estimator: Estimator | None = None,
         measure: bool = True,
+        discover: Callable[[], Sequence[ModelSpec]] | None = None,
     ) -> None:
         """`budgets`: bytes per device ("cpu", "gpu"). `factory` and `estimator` replace
-        the engine registry (tests); `measure=False` keeps the estimates after loading."""
+        the engine registry (tests); `measure=False` keeps the estimates after loading.
+        `discover` lists the models configured now (a models dir's YAMLs): a request for an
+        unknown name looks there once more, so a model added since start is served."""
         names: dict[str, ModelSpec] = {}
         for spec in specs:
             for name in spec.names:
@@ -72,6 +77,8 @@ class ModelPool:
                 names[name] = spec
         self._specs = tuple(specs)
         self._names = names
+        self._discover = discover
+        self._discovered_at = -math.inf
         self._hardware = hardware
         self._forced = forced_backend
         self.budgets: dict[str, int] = dict(budgets or {"cpu": 1 << 62})
@@ -104,26 +111,54 @@ class ModelPool:
         setup (no engine, a missing file). A file that is there but unreadable marks the
         model failed instead, so that the others still serve."""
         for spec in self._specs:
-            if self._injected:
-                engine, reason = "injected", "an engine factory given to the pool"
-            else:
-                engine, reason = choose_backend(spec, self._hardware, self._forced)
-                if spec.gguf is not None and engine == "llamacpp":
-                    spec.gguf_path()  # a missing file is a configuration error: stop now
-            ttl = spec.ttl if spec.ttl is not None else self._idle_unload
-            preload = spec.preload if spec.preload is not None else self._preload_default
-            entry = Entry(spec, engine, reason, 0.0 if spec.pinned else ttl, preload)
-            self._entries[spec.id] = entry
-            try:
-                entry.estimate = self._estimator(spec)
-            except (OSError, ValueError) as exc:
-                self._fail(entry, f"cannot read the model: {exc}")
+            self._add_entry(spec)
+
+    def _add_entry(self, spec: ModelSpec) -> None:
+        if self._injected:
+            engine, reason = "injected", "an engine factory given to the pool"
+        else:
+            engine, reason = choose_backend(spec, self._hardware, self._forced)
+            if spec.gguf is not None and engine == "llamacpp":
+                spec.gguf_path()  # a missing file is a configuration error: stop now
+        ttl = spec.ttl if spec.ttl is not None else self._idle_unload
+        preload = spec.preload if spec.preload is not None else self._preload_default
+        entry = Entry(spec, engine, reason, 0.0 if spec.pinned else ttl, preload)
+        self._entries[spec.id] = entry
+        try:
+            entry.estimate = self._estimator(spec)
+        except (OSError, ValueError) as exc:
+            self._fail(entry, f"cannot read the model: {exc}")
+            return
+        budget = self.budgets.get(entry.device, 0)
+        if entry.memory > budget:
+            logger.warning("model %s needs %s, more than the whole %s budget of %s: it "
+                           "cannot be loaded", spec.id, human(entry.memory), entry.device,
+                           human(budget))
+
+    def _discover_new(self) -> None:
+        """Adds the models configured since start (at most one look per 2 s: an unknown
+        name in every request must not make each one read the models dir)."""
+        now = time.monotonic()
+        if self._discover is None or now - self._discovered_at < DISCOVER_INTERVAL:
+            return
+        self._discovered_at = now
+        try:
+            found = self._discover()
+        except (OSError, ValueError) as exc:
+            logger.warning("looking for new models failed: %s", exc)
+            return
+        for spec in found:
+            if spec.id in self._entries or any(n in self._names for n in spec.names):
                 continue
-            budget = self.budgets.get(entry.device, 0)
-            if entry.memory > budget:
-                logger.warning("model %s needs %s, more than the whole %s budget of %s: it "
-                               "cannot be loaded", spec.id, human(entry.memory), entry.device,
-                               human(budget))
+            try:
+                self._add_entry(spec)
+            except (OSError, ValueError) as exc:  # a missing file, no engine for it
+                self._entries.pop(spec.id, None)
+                logger.warning("new model %s cannot be served: %s", spec.id, exc)
+                continue
+            self._specs += (spec,)
+            self._names.update(dict.fromkeys(spec.names, spec))
+            logger.info("new model %s found (%s)", spec.id, spec.source or "configured")
 
     async def start(self) -> None:
         """Load the preloaded models (the pool is ready once they are), then keep unloading
@@ -155,6 +190,9 @@ class ModelPool:
 
     def _entry(self, name: str) -> Entry:
         spec = self._names.get(name)
+        if spec is None:
+            self._discover_new()
+            spec = self._names.get(name)
         if spec is None:
             known = ", ".join(s.id for s in self._specs)
             raise ModelNotFound(

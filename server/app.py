@@ -43,7 +43,9 @@ def make_pool(settings: ServerSettings, hardware: Hardware) -> ModelPool:
     return ModelPool(settings.model_specs(), hardware, settings.backend,
                      budgets=settings.budgets(hardware.gpu_memory),
                      max_loaded=settings.max_loaded, load_timeout=settings.load_timeout,
-                     idle_unload=settings.idle_unload)
+                     idle_unload=settings.idle_unload,
+                     discover=(lambda: settings.models_dir_specs(strict=False))
+                     if settings.models_dir else None)
 
 
 def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastAPI:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backends.spec import DEFAULT_CONFIG, ModelSpec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +101,9 @@ class ServerSettings(BaseSettings):
         if self.models_dir is not None:
             if not self.models_dir.is_dir():
                 raise ValueError(f"models dir {self.models_dir} is not a folder")
-            found = sorted(self.models_dir.glob("*.yaml"))
-            if not found:
+            specs = self.models_dir_specs()
+            if not specs:
                 raise ValueError(f"models dir {self.models_dir} holds no *.yaml model file")
-            for path in found:
-                spec = ModelSpec.from_yaml(path)
-                specs.append(spec if spec.preload is not None
-                             else spec.model_copy(update={"preload": False}))
         named = [ModelSpec.from_yaml(path) for path in self.config]
         named += [ModelSpec.from_gguf_path(path, self.context_length) for path in self.model]
         if not specs and not named:
@@ -111,6 +111,24 @@ class ServerSettings(BaseSettings):
         if self.context_length is not None:
             named = [s.model_copy(update={"context_length": self.context_length}) for s in named]
         return specs + named
+
+    def models_dir_specs(self, strict: bool = True) -> list[ModelSpec]:
+        """The models dir's YAMLs now, one model each, not preloaded unless they say so.
+        Not `strict`: a file that is not a valid model YAML is skipped (and logged)."""
+        if self.models_dir is None or not self.models_dir.is_dir():
+            return []
+        specs = []
+        for path in sorted(self.models_dir.glob("*.yaml")):
+            try:
+                spec = ModelSpec.from_yaml(path)
+            except (ValueError, OSError, yaml.YAMLError) as exc:
+                if strict:
+                    raise
+                logger.warning("skipping %s: %s", path, exc)
+                continue
+            specs.append(spec if spec.preload is not None
+                         else spec.model_copy(update={"preload": False}))
+        return specs
 
     def schema_limits(self) -> SchemaLimits:
         return SchemaLimits(self.max_schema_bytes, self.max_schema_depth, self.max_schema_items)

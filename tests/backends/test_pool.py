@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from backends.base import Backend, GenerationRequest, SamplingParams, TextPrompt
-from backends.errors import ModelLoadFailed, ModelTooLarge, NotReady
+from backends.errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotReady
 from backends.footprint import Footprint
 from backends.hardware import Hardware
 from backends.llamacpp.backend import LlamaCppBackend
@@ -235,3 +235,30 @@ def test_names_must_be_unique_and_the_message_names_both_files(tmp_path: Path) -
         ModelPool([ModelSpec.from_yaml(first), ModelSpec.from_yaml(second)],
                   Hardware((), "test"))
     assert "one.yaml" in str(caught.value) and "two.yaml" in str(caught.value)
+
+
+def test_a_model_configured_after_start_is_found_by_its_first_request(gguf: Path) -> None:
+    engines = Engines()
+    configured = [spec(gguf, "a")]
+    looks: list[int] = []
+
+    def discover() -> list[ModelSpec]:
+        looks.append(1)
+        return list(configured)
+
+    async def go() -> None:
+        pool = pool_of([spec(gguf, "a")], engines, discover=discover)
+        with pytest.raises(ModelNotFound):
+            pool.find("b")
+        configured.append(spec(gguf, "b", aliases=["bee"]))
+        with pytest.raises(ModelNotFound):  # looked 2 s ago: not again yet
+            pool.find("b")
+        assert len(looks) == 1
+        pool._discovered_at -= 5  # as if 5 s had passed
+        lease = await pool.acquire("bee")
+        assert lease.backend.info.id == "b" and engines.made["b"] == 1
+        lease.release()
+        assert [s.id for s in pool.states()] == ["a", "b"]
+        await pool.stop()
+
+    run(go)

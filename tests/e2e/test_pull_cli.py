@@ -10,6 +10,7 @@ from pathlib import Path
 
 import openai
 
+from backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import REPO, start_server, stop_server
 from tests.fake_hub import serve_hub
 from tests.server.test_pull import REPO_ID, _hub
@@ -23,17 +24,22 @@ def lokal(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "COLUMNS": "200", **env})
 
 
-def test_pull_then_serve_list_and_remove(tmp_path: Path) -> None:
+def test_pull_into_a_served_models_dir_then_use_list_and_remove(tmp_path: Path) -> None:
+    """The server already runs on the models dir: the pulled model's first request finds it."""
     models = tmp_path / "models"
-    with serve_hub(_hub()) as endpoint:
-        done = lokal("pull", f"{REPO_ID}:Q4_1", "--models-dir", str(models),
-                     HF_ENDPOINT=endpoint)
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "quantization Q4_1, as asked" in done.stdout and "sha256 checked" in done.stdout
-    offline = lokal("models", "--models-dir", str(models), "--url", "http://127.0.0.1:9")
-    assert "status unknown" in offline.stdout and PULLED in offline.stdout
+    models.mkdir()
+    gguf = ModelSpec.from_yaml(DEFAULT_CONFIG).gguf_path()
+    (models / "first.yaml").write_text(f"id: first\ngguf: {{path: {gguf}}}\n")
     server = start_server(tmp_path, "--models-dir", str(models))
     try:
+        with serve_hub(_hub()) as endpoint:
+            done = lokal("pull", f"{REPO_ID}:Q4_1", "--models-dir", str(models),
+                         HF_ENDPOINT=endpoint)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert "quantization Q4_1, as asked" in done.stdout
+        assert "sha256 checked" in done.stdout
+        offline = lokal("models", "--models-dir", str(models), "--url", "http://127.0.0.1:9")
+        assert "status unknown" in offline.stdout and PULLED in offline.stdout
         client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
         reply = client.chat.completions.create(
             model=PULLED, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
@@ -45,6 +51,7 @@ def test_pull_then_serve_list_and_remove(tmp_path: Path) -> None:
         stop_server(server)
     removed = lokal("rm", PULLED, "--models-dir", str(models))
     assert removed.returncode == 0, removed.stdout + removed.stderr
-    assert not list(models.rglob("*.gguf")) and not list(models.glob("*.yaml"))
+    assert not list(models.rglob("*.gguf"))
+    assert [p.name for p in models.glob("*.yaml")] == ["first.yaml"]
     again = lokal("rm", PULLED, "--models-dir", str(models))
     assert again.returncode == 1 and "no model" in again.stdout
