@@ -41,6 +41,8 @@ from backends.spec import ModelSpec
 logger = logging.getLogger(__name__)
 
 DISCOVER_INTERVAL = 2.0
+KEEP_ALIVE_MIN = 0.05
+"""The shortest idle time before an unload (keep_alive 0: once the requests end)."""
 
 Factory = Callable[[ModelSpec], Backend]
 Estimator = Callable[[ModelSpec], Footprint]
@@ -120,9 +122,8 @@ class ModelPool:
             engine, reason = choose_backend(spec, self._hardware, self._forced)
             if spec.gguf is not None and engine == "llamacpp":
                 spec.gguf_path()  # a missing file is a configuration error: stop now
-        ttl = spec.ttl if spec.ttl is not None else self._idle_unload
         preload = spec.preload if spec.preload is not None else self._preload_default
-        entry = Entry(spec, engine, reason, 0.0 if spec.pinned else ttl, preload)
+        entry = Entry(spec, engine, reason, self._configured_ttl(spec), preload)
         self._entries[spec.id] = entry
         try:
             entry.estimate = self._estimator(spec)
@@ -134,6 +135,10 @@ class ModelPool:
             logger.warning("model %s needs %s, more than the whole %s budget of %s: it "
                            "cannot be loaded", spec.id, human(entry.memory), entry.device,
                            human(budget))
+
+    def _configured_ttl(self, spec: ModelSpec) -> float:
+        ttl = spec.ttl if spec.ttl is not None else self._idle_unload
+        return 0.0 if spec.pinned else ttl
 
     def _discover_new(self) -> None:
         """Adds the models configured since start (at most one look per 2 s: an unknown
@@ -365,6 +370,7 @@ class ModelPool:
         await self._stop_engine(entry)
         entry.status = Status.UNLOADED
         entry.draining = False
+        entry.ttl = self._configured_ttl(entry.spec)  # a keep_alive lasts one load
         _count(self.unloads, entry.spec.id, reason)
         logger.info("model %s unloaded (%s)", entry.spec.id, reason)
         self._notify()
@@ -407,6 +413,31 @@ class ModelPool:
                 self._notify()
         return self.state(entry.spec.id)
 
+    def keep_alive(self, name: str, seconds: float | None) -> None:
+        """Ollama's keep_alive: `name` unloads once idle for `seconds` (0: as soon as its
+        requests end; math.inf: never), until it next unloads; None: its configured ttl.
+        Pinned models keep theirs."""
+        entry = self._entry(name)
+        if entry.spec.pinned:
+            return
+        if seconds is None:
+            entry.ttl = self._configured_ttl(entry.spec)
+        else:
+            entry.ttl = 0.0 if math.isinf(seconds) else max(seconds, KEEP_ALIVE_MIN)
+
+    def unloads_in(self, name: str) -> float | None:
+        """Seconds until `name` unloads if no request comes (None: never)."""
+        entry = self._entry(name)
+        if entry.ttl <= 0:
+            return None
+        if entry.leases or entry.waiting:
+            return entry.ttl
+        return max(entry.ttl - (time.monotonic() - entry.last_used), 0.0)
+
+    def spec(self, name: str) -> ModelSpec:
+        """The configuration of model `name` (an id or alias)."""
+        return self._entry(name).spec
+
     async def _until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
@@ -415,7 +446,7 @@ class ModelPool:
         """Unload idle models whose ttl has passed."""
         while True:
             ttls = [e.ttl for e in self._entries.values() if e.ttl > 0]
-            await asyncio.sleep(min([1.0, *(t / 4 for t in ttls)]))
+            await asyncio.sleep(max(min([1.0, *(t / 4 for t in ttls)]), KEEP_ALIVE_MIN))
             now = time.monotonic()
             for entry in self._entries.values():
                 idle = entry.status is Status.LOADED and not (entry.leases or entry.waiting

@@ -39,7 +39,7 @@ def _unsupported(param: str, why: str) -> APIError:
                     code="unsupported_parameter")
 
 
-def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+def stops(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -65,7 +65,7 @@ def _sampling(body: SamplingFields, max_tokens: int | None) -> SamplingParams:
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         max_tokens=max_tokens,
-        stop=_stops(body.stop),
+        stop=stops(body.stop),
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=_logit_bias(body.logit_bias),

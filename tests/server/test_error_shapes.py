@@ -67,7 +67,8 @@ def test_middleware_errors_take_the_shape_of_the_path(client: TestClient) -> Non
         big = {"x-api-key": "secret-key", "content-length": "999999"}
         r = client.post("/v1/messages", content=b"{}", headers=big)
         assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
-        r = client.post("/v1/messages", json={}, headers={"x-api-key": "secret-key"})
+        r = client.post("/v1/messages/no-such-route", json={},
+                        headers={"x-api-key": "secret-key"})
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-        r = client.get("/api/tags", headers={"x-api-key": "secret-key"})
+        r = client.get("/api/no-such-route", headers={"x-api-key": "secret-key"})
         assert r.status_code == 404 and isinstance(r.json()["error"], str)
