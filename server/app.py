@@ -22,6 +22,7 @@ from server.auth import APIKeyMiddleware
 from server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from server.logs import REQUEST_ID
 from server.metrics import Metrics, RequestMetricsMiddleware
+from server.response_store import ResponseStore
 from server.routes import (
     chat,
     completions,
@@ -59,6 +60,8 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
             the_pool.prepare()
         app.state.pool = the_pool
         app.state.metrics = Metrics(the_pool, _version())
+        app.state.responses = ResponseStore(settings.data_dir, settings.responses_max_stored,
+                                            settings.responses_max_bytes)
         # Load in the background: /health/live answers at once, /health/ready says 503 until
         # the model is loaded, so orchestrators do not restart a pod that is only loading.
         loading = asyncio.create_task(_load(the_pool, app.state.metrics))
@@ -68,6 +71,7 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             await the_pool.stop()
+            app.state.responses.close()
             logger.info("engines stopped")
 
     app = FastAPI(title="lokal", version=_version(), lifespan=lifespan,

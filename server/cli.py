@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace", dest="shutdown_grace", type=int,
                        help="seconds running requests get after SIGTERM (default 30; "
                        "LOKAL_SHUTDOWN_GRACE)")
+    serve.add_argument("--data-dir", dest="data_dir", type=Path,
+                       help="where stored Responses live (default: the user's data "
+                       "directory; LOKAL_DATA_DIR)")
     from server import tools_cli
 
     tools_cli.add_commands(sub)

@@ -16,6 +16,12 @@ from backends.spec import DEFAULT_CONFIG, ModelSpec
 logger = logging.getLogger(__name__)
 
 
+def _user_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("lokal"))
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaLimits:
     """The largest JSON schema (serialized bytes, nesting depth) a request may constrain its
@@ -71,6 +77,15 @@ class ServerSettings(BaseSettings):
                                   "HTTP headers in a request")
     body_idle_timeout: float = Field(default=30.0, gt=0, description="seconds a request body "
                                      "may stall before 408")
+    data_dir: Path = Field(default_factory=lambda: _user_data_dir(), description="where "
+                           "lokal keeps its data (stored Responses); default: the user's data "
+                           "directory")
+    responses_max_stored: int = Field(default=10_000, ge=1, description="stored Responses kept; "
+                                      "the oldest go first")
+    responses_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="bytes stored "
+                                     "Responses may take; the oldest go first")
+    responses_max_chain: int = Field(default=1_000, ge=1, description="most earlier responses "
+                                     "a previous_response_id may chain back through")
 
     @field_validator("cors_origins", "config", "model", mode="before")
     @classmethod

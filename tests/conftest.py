@@ -150,9 +150,10 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, backend_name: str) -> Iterator[Server]:
     env = {k: os.environ.get(k, v) for k, v in VLLM_ENV.items()} if backend_name == "vllm" \
-        else None
-    srv = start_server(tmp_path_factory.mktemp(f"server-{backend_name}"),
-                       *SERVE_ARGS[backend_name], env=env, ready_timeout=600.0)
+        else {}
+    tmp = tmp_path_factory.mktemp(f"server-{backend_name}")
+    env["LOKAL_DATA_DIR"] = str(tmp / "data")  # stored Responses never reach the user's home
+    srv = start_server(tmp, *SERVE_ARGS[backend_name], env=env, ready_timeout=600.0)
     yield srv
     stop_server(srv)
 
