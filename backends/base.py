@@ -125,6 +125,8 @@ class Chunk:
     """One entry per token sampled for this chunk, when the request asked for logprobs."""
     queue_seconds: float | None = None
     """Set on a choice's first chunk when the engine queues requests: time spent waiting."""
+    stop_sequence: str | None = None
+    """On the last chunk: the request's stop string that ended the choice, if one did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,4 +218,9 @@ class Backend(Protocol):
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """One vector per input; InvalidParameter when the model does not serve embeddings."""
+        ...
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The prompt tokens `request` would give the engine: its chat template, tools and
+        BOS applied exactly as generate() does, nothing generated."""
         ...

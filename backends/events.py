@@ -46,6 +46,8 @@ class Finish:
     reason: FinishReason
     usage: Usage | None
     calls: tuple[Call, ...] = ()
+    stop_sequence: str | None = None
+    """The request's stop string that ended the choice, if one did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,8 @@ async def output_events(
                 if chunk.text or chunk.logprobs:
                     yield TextDelta(i, chunk.text, chunk.logprobs)
                 if chunk.finish_reason is not None:
-                    yield Finish(i, chunk.finish_reason, chunk.usage)
+                    yield Finish(i, chunk.finish_reason, chunk.usage,
+                                 stop_sequence=chunk.stop_sequence)
                 continue
             choice_parser = parsers.get(i)
             if choice_parser is None:
@@ -108,7 +111,7 @@ async def output_events(
             reason: FinishReason = chunk.finish_reason
             if calls_made.get(i) and reason != "length":  # cut calls stay "length"
                 reason = "tool_calls"
-            yield Finish(i, reason, chunk.usage, tuple(calls))
+            yield Finish(i, reason, chunk.usage, tuple(calls), chunk.stop_sequence)
     except Exception as exc:
         yield Failure(exc)
     finally:

@@ -15,6 +15,8 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None
+        """The stop string that ended the text, once one did."""
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -26,7 +28,7 @@ class StopMatcher:
         for stop in self._stops:
             at = self._pending.find(stop)
             if at != -1 and (first == -1 or at < first):
-                first = at
+                first, self.matched = at, stop
         if first != -1:
             out, self._pending, self.stopped = self._pending[:first], "", True
             return out

@@ -267,6 +267,11 @@ class LlamaCppBackend:
             raise InvalidParameter(f"logit_bias token {bad[0]} is outside the vocabulary",
                                    param="logit_bias")
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        if self._model is None:
+            raise NotReady("the model is not loaded yet")
+        return len(await asyncio.to_thread(self._tokenize, request))
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         if self._embedder is None:
             if self._model is None:
@@ -337,6 +342,7 @@ class LlamaCppBackend:
                 yield Chunk(event.index, token_ids=event.token_ids,
                             finish_reason=event.finish_reason,
                             usage=Usage(event.prompt_tokens, event.completion_tokens,
-                                        event.cached_tokens))
+                                        event.cached_tokens),
+                            stop_sequence=event.stop_sequence)
         finally:
             job.cancelled.set()

@@ -46,6 +46,7 @@ class Event:
     queue_seconds: float | None = None
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    stop_sequence: str | None = None
 
 
 @dataclass(slots=True)
@@ -455,7 +456,8 @@ class Scheduler:
                 seq.job.emit(Event(seq.index, tail, self._take(seq)))
         seq.job.emit(Event(seq.index, token_ids=self._take(seq), finish_reason=reason,
                            prompt_tokens=len(seq.job.prompt),
-                           completion_tokens=seq.generated, cached_tokens=seq.reuse))
+                           completion_tokens=seq.generated, cached_tokens=seq.reuse,
+                           stop_sequence=seq.stops.matched))
         self._release(seq)
 
     def _release(self, seq: _Seq) -> None:

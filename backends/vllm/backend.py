@@ -150,6 +150,12 @@ class VllmBackend:
                             cancelled=self._cancelled,
                             engine_error="the vLLM engine core died" if dead else None)
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        engine = self._engine
+        if engine is None:
+            raise NotReady("the model is not loaded yet")
+        return len(await asyncio.to_thread(self._tokenize, engine, request))
+
     def _tokenize(self, engine: Engine, request: GenerationRequest) -> list[int]:
         if request.suffix is not None:
             return self._fim_tokens(engine, request)
@@ -268,7 +274,8 @@ class VllmBackend:
                 remaining -= 1
                 self._cached_tokens += event.cached_tokens
                 yield Chunk(index, finish_reason=self._finish(event.finish_reason, request),
-                            usage=Usage(len(prompt), generated[index], event.cached_tokens))
+                            usage=Usage(len(prompt), generated[index], event.cached_tokens),
+                            stop_sequence=event.stop_sequence)
         finally:
             self._running -= request.n
             if remaining:

@@ -58,6 +58,8 @@ class EngineDelta:
     finish_reason: str | None = None
     cached_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
+    stop_sequence: str | None = None
+    """vLLM's stop_reason when it is one of the request's stop strings."""
 
 
 class Tokenizer(Protocol):
@@ -147,8 +149,10 @@ class VllmEngine:
                 token_ids = tuple(completion.token_ids)
                 logprobs = () if params.logprobs is None else _logprobs(
                     token_ids, completion.logprobs or (), params.logprobs)
+                stop = completion.stop_reason
                 yield EngineDelta(completion.text, token_ids, completion.finish_reason,
-                                  out.num_cached_tokens or 0, logprobs)
+                                  out.num_cached_tokens or 0, logprobs,
+                                  stop if isinstance(stop, str) else None)
         except VLLMClientError as exc:
             raise InvalidParameter(f"vLLM rejected the request: {exc}",
                                    param=getattr(exc, "parameter", None)) from exc

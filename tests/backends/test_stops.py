@@ -47,3 +47,10 @@ def test_held_text_flushed_at_end() -> None:
 
 def test_empty_stop_strings_are_ignored() -> None:
     assert run(["", "z"], ["abc"]) == ("abc", False)
+
+
+def test_the_matched_stop_string_is_known() -> None:
+    matcher = StopMatcher(["###", "END"])
+    assert matcher.feed("abc EN") == "abc "
+    assert matcher.matched is None
+    assert matcher.feed("D more") == "" and matcher.stopped and matcher.matched == "END"

@@ -68,6 +68,10 @@ class ScriptedBackend:
         finally:
             self.closed += 1
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        self.requests.append(request)
+        return 42
+
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         return EmbeddingResult(tuple((1.0, 0.0) for _ in request.inputs), len(request.inputs))
 

@@ -1,0 +1,148 @@
+"""Anthropic Messages requests -> engine-neutral GenerationRequests: system and content blocks
+(text, tool_use, tool_result) as chat messages, tools and tool_choice through the shared tool
+plan, and a 400 in Anthropic's terms for what lokal cannot honour."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from backends.base import ChatMessage, ChatPrompt, GenerationRequest, SamplingParams
+from server.errors import APIError
+from server.protocol.messages import (
+    ContentBlock,
+    CountTokensRequest,
+    CreateMessageRequest,
+    MessageParam,
+)
+from server.settings import SchemaLimits
+from server.translate import ToolChoice, ToolMode, limited, stops, tool_plan
+
+TEXT_ONLY = ("this model reads text only: image, document and other non-text content blocks "
+             "cannot be honoured")
+
+
+def _bad(message: str) -> APIError:
+    return APIError(400, message)
+
+
+def _text_of(blocks: str | list[ContentBlock] | None, where: str) -> str:
+    """A string, or text blocks joined (what system and tool_result content may be)."""
+    if blocks is None:
+        return ""
+    if isinstance(blocks, str):
+        return blocks
+    texts = []
+    for i, block in enumerate(blocks):
+        if block.type != "text" or block.text is None:
+            raise _bad(f"{where}.{i}: content blocks of type '{block.type}' are not supported "
+                       f"here; {TEXT_ONLY}")
+        texts.append(block.text)
+    return "".join(texts)
+
+
+def tool_use_id(call_id: str) -> str:
+    """Anthropic's id prefix for a call lokal's parser named `call_...`."""
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def _message(m: MessageParam, i: int) -> list[ChatMessage]:
+    if isinstance(m.content, str):
+        return [ChatMessage(m.role, m.content)]
+    out: list[ChatMessage] = []
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+
+    def flush_text() -> None:
+        if texts and m.role == "user":
+            out.append(ChatMessage("user", "".join(texts)))
+            texts.clear()
+
+    for j, block in enumerate(m.content):
+        where = f"messages.{i}.content.{j}"
+        if block.type == "text":
+            texts.append(block.text or "")
+        elif block.type == "tool_use" and m.role == "assistant":
+            if not block.id or not block.name:
+                raise _bad(f"{where}: a tool_use block needs 'id' and 'name'")
+            calls.append({"id": block.id, "type": "function", "function": {
+                "name": block.name, "arguments": json.dumps(block.input or {})}})
+        elif block.type == "tool_result" and m.role == "user":
+            if not block.tool_use_id:
+                raise _bad(f"{where}: a tool_result block needs 'tool_use_id'")
+            flush_text()
+            content = _text_of(block.content, f"{where}.content")
+            if block.is_error:
+                content = f"Error: {content}"
+            out.append(ChatMessage("tool", content, tool_call_id=block.tool_use_id))
+        elif block.type in ("image", "document", "search_result", "container_upload"):
+            raise _bad(f"{where}: {TEXT_ONLY}")
+        elif block.type in ("thinking", "redacted_thinking"):
+            raise _bad(f"{where}: '{block.type}' blocks are not supported: this model does not "
+                       "reason (extended thinking)")
+        else:
+            raise _bad(f"{where}: content blocks of type '{block.type}' are not supported in "
+                       f"a {m.role} message")
+    if m.role == "assistant":
+        out.append(ChatMessage("assistant", "".join(texts) or None, tool_calls=tuple(calls)))
+    else:
+        flush_text()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    generation: GenerationRequest
+    tools: ToolMode | None
+
+
+def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -> Translated:
+    """The request as the engine's; sampling comes from CreateMessageRequest's fields."""
+    if body.thinking is not None and body.thinking.type != "disabled":
+        raise _bad(f"'thinking' is not supported: model '{body.model}' does not reason "
+                   "(no extended thinking); leave it out or set it to disabled")
+    messages: list[ChatMessage] = []
+    if body.system:
+        messages.append(ChatMessage("system", _text_of(body.system, "system")))
+    for i, m in enumerate(body.messages):
+        messages += _message(m, i)
+    tools = []
+    for i, tool in enumerate(body.tools or []):
+        if tool.type not in (None, "custom"):
+            raise _bad(f"tools.{i}: tools of type '{tool.type}' (Anthropic's server tools) are "
+                       "not supported; give client tools with name and input_schema")
+        function: dict[str, Any] = {"name": tool.name,
+                                    "parameters": tool.input_schema or {"type": "object"}}
+        if tool.description:
+            function["description"] = tool.description
+        tools.append({"type": "function", "function": function})
+    choice = None
+    parallel = True
+    if body.tool_choice is not None:
+        kind = body.tool_choice.type
+        if kind == "tool" and not body.tool_choice.name:
+            raise _bad("tool_choice: type 'tool' needs the 'name' of the tool")
+        choice = {"auto": ToolChoice("auto"), "none": ToolChoice("none"),
+                  "any": ToolChoice("required"),
+                  "tool": ToolChoice("required", body.tool_choice.name)}[kind]
+        parallel = not body.tool_choice.disable_parallel_tool_use
+        if kind in ("auto", "none") and not tools:
+            choice = None  # Anthropic accepts these without tools
+    plan = tool_plan(tools, choice, parallel=parallel, param="tools",
+                     schema_field="input_schema")
+    sampling = SamplingParams()
+    if isinstance(body, CreateMessageRequest):
+        sampling = SamplingParams(
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            max_tokens=body.max_tokens,
+            stop=stops(body.stop_sequences))
+    generation = GenerationRequest(
+        request_id=request_id,
+        prompt=ChatPrompt(tuple(messages), tools=plan.tools),
+        sampling=sampling,
+        constraint=limited(plan.constraint, limits),
+    )
+    return Translated(generation, plan.mode)

@@ -1,0 +1,159 @@
+"""Anthropic's Messages API on the real model through the official `anthropic` SDK and raw
+SSE: bodies and every stream event validated against Anthropic's OpenAPI document; tools with
+a forced tool_choice and a tool_result round trip; count_tokens; stop sequences; refusals and
+errors in Anthropic's shape; a dropped stream frees the slot."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from tests.conftest import MODEL, Server
+from tests.openapi import validate
+
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}}
+HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
+# This SDK's create() no longer takes the sampling fields the API still documents.
+GREEDY = {"temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def claude(server: Server) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0,
+                               timeout=120)
+
+
+def _raw(server: Server, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) of a raw streamed response, framing checked."""
+    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=120,
+                      headers={"anthropic-version": "2023-06-01"}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    events = []
+    for block in raw.split("\n\n"):
+        lines = [ln for ln in block.split("\n") if ln and not ln.startswith(":")]
+        if not lines:
+            continue
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        name, data = lines[0][7:], json.loads(lines[1][6:])
+        assert data["type"] == name
+        events.append((name, data))
+    return events
+
+
+def test_create_validates_and_counts(claude: anthropic.Anthropic, http: httpx.Client) -> None:
+    msg = claude.messages.create(model=MODEL, max_tokens=16, messages=HELLO,
+                                 system="You are terse.", extra_body=GREEDY)
+    body = msg.model_dump(exclude_none=False)
+    validate(json.loads(msg.model_dump_json()), "Message", vendor="anthropic")
+    assert body["role"] == "assistant" and body["content"][0]["type"] == "text"
+    assert msg.stop_reason in ("end_turn", "max_tokens")
+    assert 0 < msg.usage.output_tokens <= 16
+    count = claude.messages.count_tokens(model=MODEL, messages=HELLO, system="You are terse.")
+    validate(count.model_dump(), "CountMessageTokensResponse", vendor="anthropic")
+    assert count.input_tokens == msg.usage.input_tokens  # the same template, the same count
+
+
+def test_stream_event_sequence(server: Server, claude: anthropic.Anthropic) -> None:
+    events = _raw(server, {"model": MODEL, "max_tokens": 12, "messages": HELLO,
+                           "stream": True, "temperature": 0})
+    names = [n for n, _ in events]
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta",
+                                                                      "message_stop"]
+    body = [n for n in names if n != "ping"]
+    assert body[1] == "content_block_start" and body[-3] == "content_block_stop"
+    assert set(body[2:-3]) == {"content_block_delta"}
+    for name, data in events:
+        if name != "ping":
+            validate(data, "MessageStreamEvent", vendor="anthropic")
+    start = events[0][1]["message"]
+    delta = events[-2][1]
+    assert start["usage"]["input_tokens"] == delta["usage"]["input_tokens"] > 0
+    assert delta["usage"]["output_tokens"] == 12 and delta["delta"]["stop_reason"] == "max_tokens"
+    with claude.messages.stream(model=MODEL, max_tokens=12, messages=HELLO,
+                                extra_body=GREEDY) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    streamed = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    assert text == streamed == final.content[0].text  # greedy: the same text every time
+
+
+def test_stop_sequence_is_reported(claude: anthropic.Anthropic) -> None:
+    full = claude.messages.create(model=MODEL, max_tokens=30, messages=HELLO, extra_body=GREEDY)
+    text = full.content[0].text
+    word = text.split()[2]
+    cut = claude.messages.create(model=MODEL, max_tokens=30, messages=HELLO, extra_body=GREEDY,
+                                 stop_sequences=["zzz-never", word])
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == word
+    assert cut.content[0].text == text[:text.index(word)]
+
+
+def test_forced_tool_then_tool_result_round_trip(server: Server,
+                                                 claude: anthropic.Anthropic) -> None:
+    ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    msg = claude.messages.create(model=MODEL, max_tokens=60, messages=ask, tools=[WEATHER],
+                                 tool_choice={"type": "tool", "name": "get_weather"})
+    validate(json.loads(msg.model_dump_json()), "Message", vendor="anthropic")
+    assert msg.stop_reason == "tool_use"
+    (call,) = [b for b in msg.content if b.type == "tool_use"]
+    assert call.name == "get_weather" and isinstance(call.input["city"], str)
+    assert call.id.startswith("toolu_")
+    events = _raw(server, {"model": MODEL, "max_tokens": 120, "messages": ask, "stream": True,
+                           "tools": [WEATHER], "tool_choice": {
+                               "type": "any", "disable_parallel_tool_use": True}})
+    starts = [d for n, d in events if n == "content_block_start"]
+    assert starts[0]["content_block"]["type"] == "tool_use"
+    partial = "".join(d["delta"]["partial_json"] for n, d in events
+                      if n == "content_block_delta")
+    assert isinstance(json.loads(partial)["city"], str)
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    follow = claude.messages.create(model=MODEL, max_tokens=20, tools=[WEATHER], messages=[
+        *ask, {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                      "content": "Sunny, 21 C"}]}])
+    assert follow.content and follow.content[0].type == "text"
+    assert follow.usage.input_tokens > msg.usage.input_tokens  # the result reached the model
+
+
+def test_refusals_and_errors_in_anthropic_shape(server: Server,
+                                                claude: anthropic.Anthropic) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "iVBORw0KGgo="}}
+    cases: list[dict[str, Any]] = [
+        {"messages": [{"role": "user", "content": [image]}]},
+        {"messages": HELLO, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+        {"messages": HELLO, "max_tokens": None},
+        {"messages": HELLO, "temperature": 1.5},
+    ]
+    for extra in cases:
+        body = {"model": MODEL, "max_tokens": 8, **extra}
+        r = httpx.post(f"{server.base_url}/v1/messages", json={
+            k: v for k, v in body.items() if v is not None}, timeout=60)
+        assert r.status_code == 400, (extra, r.text)
+        validate(r.json(), "ErrorResponse", vendor="anthropic")
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="no-such-model", max_tokens=8, messages=HELLO)
+    assert missing.value.status_code == 404
+
+
+def test_a_dropped_stream_frees_the_slot(server: Server) -> None:
+    before = server.log_text().count("cancelled after")
+    body = {"model": MODEL, "max_tokens": 1500, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
+    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and "text_delta" in line:
+                break  # leave after the first token: the connection closes
+    deadline = time.monotonic() + 30
+    while server.log_text().count("cancelled after") == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log_text().count("cancelled after") > before
