@@ -16,9 +16,12 @@ import pytest
 from tests.conftest import MODEL, Server
 from tests.openapi import validate
 
+# The module's client fixture wraps the shared server: run on every engine.
+pytestmark = pytest.mark.backends("llamacpp", "vllm")
+
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
-                            "required": ["city"]}}
+                            "required": ["city"], "additionalProperties": False}}
 HELLO = [{"role": "user", "content": "Say hello in one short sentence."}]
 # This SDK's create() no longer takes the sampling fields the API still documents.
 GREEDY = {"temperature": 0}
@@ -100,13 +103,15 @@ def test_forced_tool_then_tool_result_round_trip(server: Server,
                                                  claude: anthropic.Anthropic) -> None:
     ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
     msg = claude.messages.create(model=MODEL, max_tokens=60, messages=ask, tools=[WEATHER],
-                                 tool_choice={"type": "tool", "name": "get_weather"})
+                                 tool_choice={"type": "tool", "name": "get_weather"},
+                                 extra_body=GREEDY)
     validate(json.loads(msg.model_dump_json()), "Message", vendor="anthropic")
     assert msg.stop_reason == "tool_use"
     (call,) = [b for b in msg.content if b.type == "tool_use"]
     assert call.name == "get_weather" and isinstance(call.input["city"], str)
     assert call.id.startswith("toolu_")
     events = _raw(server, {"model": MODEL, "max_tokens": 120, "messages": ask, "stream": True,
+                           "temperature": 0,
                            "tools": [WEATHER], "tool_choice": {
                                "type": "any", "disable_parallel_tool_use": True}})
     starts = [d for n, d in events if n == "content_block_start"]
