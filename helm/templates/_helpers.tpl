@@ -48,7 +48,15 @@ lokal.dev/model: {{ regexReplaceAll "[^A-Za-z0-9._-]+" (include "lokal.model" . 
 {{/* The model spec: .Values.model, or the default model baked into the cpu image. */}}
 {{- define "lokal.model" -}}
 {{- if .Values.model }}
-{{- toYaml .Values.model }}
+{{- $model := deepCopy .Values.model }}
+{{- $par := .Values.vllm.parallel }}
+{{- if and (hasKey $model "vllm") (gt (mul (int $par.tensor) (int $par.pipeline)) 1) }}
+{{- $args := get $model.vllm "engine_args" | default dict }}
+{{- $_ := set $args "tensor_parallel_size" (int $par.tensor) }}
+{{- $_ := set $args "pipeline_parallel_size" (int $par.pipeline) }}
+{{- $_ := set $model.vllm "engine_args" $args }}
+{{- end }}
+{{- toYaml $model }}
 {{- else }}
 id: smollm2-135m-instruct
 aliases: [smollm2]
@@ -66,4 +74,11 @@ embeddings:
   pooling: mean
   batch_tokens: 2048
 {{- end }}
+{{- end }}
+
+{{/* GPUs per pod: tensor x pipeline parallel when vllm.parallel splits the model, else gpu.count. */}}
+{{- define "lokal.gpuCount" -}}
+{{- $par := .Values.vllm.parallel }}
+{{- $split := mul (int $par.tensor) (int $par.pipeline) }}
+{{- if gt $split 1 }}{{ $split }}{{ else }}{{ .Values.gpu.count }}{{ end }}
 {{- end }}

@@ -22,7 +22,10 @@ from tests.deploy.helm import helm, render
 CHART = REPO / "helm"
 CPU = ("-f", str(CHART / "ci" / "cpu-values.yaml"))
 GPU = ("-f", str(CHART / "ci" / "gpu-values.yaml"))
-VALUE_SETS = {"default": (), "cpu": CPU, "gpu": GPU}
+POOL = ("-f", str(CHART / "ci" / "inference-pool-values.yaml"))
+VALUE_SETS = {"default": (), "cpu": CPU, "gpu": GPU, "pool": POOL}
+CRDS = REPO / "tests" / "deploy" / "crds"
+CR_SCHEMAS = {"InferencePool": "inferencepool-v1.json", "HTTPRoute": "httproute-v1.json"}
 KUBERNETES = ("1.30.0", "1.35.0")
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -74,8 +77,10 @@ def test_rendered_objects_are_valid_kubernetes(rendered: dict[str, list[Obj]], v
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             crds.append(obj)
-    # Only the Prometheus Operator's CRD is outside Kubernetes' own schemas.
-    assert all(o["apiVersion"] == "monitoring.coreos.com/v1" for o in crds), crds
+    # Only the Prometheus Operator's and the Gateway APIs' CRs are outside Kubernetes' own
+    # schemas (the latter are validated against their CRDs below).
+    assert all(o["apiVersion"] in ("monitoring.coreos.com/v1", "inference.networking.k8s.io/v1",
+                                   "gateway.networking.k8s.io/v1") for o in crds), crds
 
 
 def test_validation_really_rejects_a_broken_object(rendered: dict[str, list[Obj]]) -> None:
@@ -92,6 +97,8 @@ def test_what_each_value_set_creates(rendered: dict[str, list[Obj]]) -> None:
                                       "ServiceMonitor"]
     assert kinds(rendered["gpu"]) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
                                       "PersistentVolumeClaim", "Pod", "Secret", "Service"]
+    assert kinds(rendered["pool"]) == ["ConfigMap", "Deployment", "HTTPRoute", "InferencePool",
+                                       "Pod", "Service"]
 
 
 def test_gpu_limit_runtime_and_scheduling_only_with_gpu_on(
@@ -201,7 +208,7 @@ def test_the_mounted_model_spec_is_one_lokal_accepts(rendered: dict[str, list[Ob
     volume = named(one(rendered[values], "Deployment")["spec"]["template"]["spec"]["volumes"],
                    "model-config")
     assert volume["configMap"]["name"] == config["metadata"]["name"]
-    if values == "gpu":
+    if values in ("gpu", "pool"):
         assert spec.vllm is not None and spec.gguf is None  # no default leaked in
     else:
         assert spec == ModelSpec.from_yaml(REPO / "configs" / "smollm2-135m-instruct.yaml"
@@ -364,3 +371,57 @@ def test_the_chart_is_helm_packageable(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     (package,) = tmp_path.glob("lokal-0.1.0.tgz")
     assert package.stat().st_size > 0
+
+
+def _cr_schema(kind: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((CRDS / CR_SCHEMAS[kind]).read_text())
+    return schema
+
+
+def test_gateway_crs_match_their_published_crd_schemas(rendered: dict[str, list[Obj]]) -> None:
+    import jsonschema
+
+    for kind in CR_SCHEMAS:
+        obj = one(rendered["pool"], kind)
+        jsonschema.validate(obj, _cr_schema(kind))
+    broken = json.loads(json.dumps(one(rendered["pool"], "InferencePool")))
+    broken["spec"]["targetPorts"] = [{"number": "http"}]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, _cr_schema("InferencePool"))
+    broken = json.loads(json.dumps(one(rendered["pool"], "HTTPRoute")))
+    del broken["spec"]["rules"][0]["backendRefs"][0]["name"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, _cr_schema("HTTPRoute"))
+
+
+def test_the_pool_selects_the_pods_on_the_serving_port_with_vllm_metric_names(
+        rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["pool"]
+    pool = one(objects, "InferencePool")["spec"]
+    pod = one(objects, "Deployment")["spec"]["template"]
+    assert pool["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert pool["targetPorts"] == [{"number": port}]
+    assert pod["metadata"]["labels"]["llm-d.ai/engine-type"] == "vllm"
+    route = one(objects, "HTTPRoute")["spec"]
+    assert route["rules"][0]["backendRefs"] == [{
+        "group": "inference.networking.k8s.io", "kind": "InferencePool",
+        "name": one(objects, "InferencePool")["metadata"]["name"]}]
+    for name in ("default", "cpu", "gpu"):  # off by default: no label, no pool
+        labels = one(rendered[name], "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert "llm-d.ai/engine-type" not in labels
+
+
+def test_tensor_parallel_asks_for_its_gpus_and_tells_vllm(
+        rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["pool"]
+    c = container(objects)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2  # tensor 2 x pipeline 1
+    spec = yaml.safe_load(one(objects, "ConfigMap")["data"]["model.yaml"])
+    assert spec["vllm"]["engine_args"]["tensor_parallel_size"] == 2
+    assert spec["vllm"]["engine_args"]["pipeline_parallel_size"] == 1
+    assert spec["vllm"]["engine_args"]["gpu_memory_utilization"] == 0.9  # kept
+    ModelSpec.model_validate(spec)  # still a valid lokal model YAML
+    assert env(objects)["NCCL_DEBUG"]["value"] == "WARN"
+    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert named(volumes, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
