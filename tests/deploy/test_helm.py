@@ -425,3 +425,60 @@ def test_tensor_parallel_asks_for_its_gpus_and_tells_vllm(
     assert env(objects)["NCCL_DEBUG"]["value"] == "WARN"
     volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
     assert named(volumes, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+
+
+MULTI = ("-f", str(CHART / "ci" / "multinode-values.yaml"))
+
+
+@pytest.fixture(scope="module")
+def multinode() -> list[Obj]:
+    return render(CHART, *MULTI)
+
+
+def test_multinode_renders_a_valid_leaderworkerset(multinode: list[Obj]) -> None:
+    done = helm("lint", "--strict", str(CHART), *MULTI)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert kinds(multinode) == ["ConfigMap", "LeaderWorkerSet", "Pod", "Service"]
+    import jsonschema
+
+    lws = one(multinode, "LeaderWorkerSet")
+    schema = json.loads((CRDS / "leaderworkerset-v1.json").read_text())
+    jsonschema.validate(lws, schema)
+    broken = json.loads(json.dumps(lws))
+    broken["spec"]["leaderWorkerTemplate"]["size"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+    for obj in multinode:
+        if obj["kind"] != "LeaderWorkerSet":
+            kubernetes_validate.validate(obj, KUBERNETES[-1], strict=True)
+    # Each pod template is a valid Kubernetes PodTemplateSpec too.
+    for role in ("leaderTemplate", "workerTemplate"):
+        template = lws["spec"]["leaderWorkerTemplate"][role]
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": "t"}, "template": template},
+                                     KUBERNETES[-1], strict=True)
+
+
+def test_multinode_groups_gpus_ray_and_leader_only_service(multinode: list[Obj]) -> None:
+    values = yaml.safe_load((CHART / "ci" / "multinode-values.yaml").read_text())
+    nodes, tensor = values["vllm"]["multiNode"]["nodes"], values["vllm"]["parallel"]["tensor"]
+    group = one(multinode, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == nodes
+    leader, worker = (group[r]["spec"] for r in ("leaderTemplate", "workerTemplate"))
+    for pod in (leader, worker):
+        (c,) = pod["containers"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == tensor
+        assert named(pod["volumes"], "dshm")["emptyDir"]["medium"] == "Memory"
+        assert named(pod["volumes"], "dshm")["emptyDir"]["sizeLimit"]
+    assert "ray start --head" in leader["containers"][0]["args"][0]
+    assert "lokal serve" in leader["containers"][0]["args"][0]
+    assert "$(LWS_LEADER_ADDRESS)" in worker["containers"][0]["args"][0]
+    assert leader["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert "readinessProbe" not in worker["containers"][0]
+    selector = one(multinode, "Service")["spec"]["selector"]
+    assert selector["leaderworkerset.sigs.k8s.io/worker-index"] == "0"  # leaders only
+    spec = yaml.safe_load(one(multinode, "ConfigMap")["data"]["model.yaml"])
+    assert spec["vllm"]["engine_args"] == {"tensor_parallel_size": tensor,
+                                           "pipeline_parallel_size": nodes,
+                                           "distributed_executor_backend": "ray"}
+    ModelSpec.model_validate(spec)
