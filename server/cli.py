@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="file with accepted API keys, one a line (LOKAL_API_KEY_FILE)")
     serve.add_argument("--metrics-open", dest="metrics_open", action="store_true",
                        default=None, help="serve /metrics without a key (LOKAL_METRICS_OPEN)")
+    serve.add_argument("--no-ui", dest="ui", action="store_false", default=None,
+                       help="no chat page at / (LOKAL_UI=false)")
     serve.add_argument("--cors-origins", dest="cors_origins",
                        help="comma-separated origins allowed by CORS (LOKAL_CORS_ORIGINS)")
     serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int,

@@ -59,6 +59,7 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="one or several keys, a,b,c")
     api_key_file: Path | None = Field(default=None, description="a file with one key a line")
     metrics_open: bool = Field(default=False, description="/metrics answers without a key")
+    ui: bool = Field(default=True, description="serve the chat page at / to browsers")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS; none: CORS off")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

@@ -1,4 +1,5 @@
-"""Ollama's native API under /api, and `GET /`, which Ollama clients probe."""
+"""Ollama's native API under /api (`GET /`, which Ollama clients probe, is answered by
+server/routes/ui.py: the chat page to browsers, `Ollama is running` to everyone else)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from backends.base import EmbeddingRequest, TextPrompt
 from backends.pool import ModelPool
@@ -50,13 +51,6 @@ NOT_HERE = ("lokal serves the models configured in its models directory (one YAM
             "model) and does not {what} through Ollama's API")
 
 
-@router.get("/", response_class=PlainTextResponse)
-async def ollama_probe() -> str:
-    """What Ollama answers at its root; clients probe it to find a server. (A browser may
-    be offered a chat page here later: this route is where to tell the two apart.)"""
-    return "Ollama is running"
-
-
 @api.get("/version")
 async def ollama_version() -> dict[str, str]:
     from server.app import _version
@@ -65,8 +59,6 @@ async def ollama_version() -> dict[str, str]:
 
 
 # Clients probe with HEAD too; one operation per path in the OpenAPI document.
-router.add_api_route("/", ollama_probe, methods=["HEAD"], response_class=PlainTextResponse,
-                     include_in_schema=False)
 api.add_api_route("/version", ollama_version, methods=["HEAD"], include_in_schema=False)
 
 
