@@ -1,6 +1,7 @@
-"""The helm chart through the real Helm binary: `helm lint --strict`, `helm template` with the
-default, CPU and GPU values, every rendered object validated against Kubernetes' schemas
-(kubernetes-validate, offline), and assertions on what the objects say."""
+"""The helm chart through the real Helm binary: `helm lint --strict`, `helm template` with every
+value set in helm/ci/, every rendered object validated against Kubernetes' schemas
+(kubernetes-validate, offline), and assertions on what the objects say. The scale-out objects
+(InferencePool, HTTPRoute, LeaderWorkerSet) are checked in test_scaleout.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import base64
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -17,47 +17,25 @@ import yaml
 from backends.spec import ModelSpec
 from server.settings import ServerSettings
 from tests.conftest import REPO
+from tests.deploy.chart import (
+    CHART,
+    VALUE_SETS,
+    Obj,
+    container,
+    env,
+    kinds,
+    named,
+    one,
+    pod,
+    pod_template,
+)
 from tests.deploy.helm import helm, render
 
-CHART = REPO / "helm"
-CPU = ("-f", str(CHART / "ci" / "cpu-values.yaml"))
-GPU = ("-f", str(CHART / "ci" / "gpu-values.yaml"))
-POOL = ("-f", str(CHART / "ci" / "inference-pool-values.yaml"))
-VALUE_SETS = {"default": (), "cpu": CPU, "gpu": GPU, "pool": POOL}
-CRDS = REPO / "tests" / "deploy" / "crds"
-CR_SCHEMAS = {"InferencePool": "inferencepool-v1.json", "HTTPRoute": "httproute-v1.json"}
 KUBERNETES = ("1.30.0", "1.35.0")
 GPU_RESOURCE = "nvidia.com/gpu"
-
-Obj = dict[str, Any]
-
-
-def one(objects: list[Obj], kind: str) -> Obj:
-    (found,) = [o for o in objects if o["kind"] == kind]
-    return found
-
-
-def named(items: list[Obj], name: str) -> Obj:
-    (found,) = [item for item in items if item["name"] == name]
-    return found
-
-
-def kinds(objects: list[Obj]) -> list[str]:
-    return sorted(o["kind"] for o in objects)
-
-
-def container(objects: list[Obj]) -> Obj:
-    (c,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return c
-
-
-def env(objects: list[Obj]) -> dict[str, Obj]:
-    return {e["name"]: e for e in container(objects)["env"]}
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[Obj]]:
-    return {name: render(CHART, *args) for name, args in VALUE_SETS.items()}
+CPU, GPU = VALUE_SETS["cpu"], VALUE_SETS["gpu"]
+# The value sets whose serving pods a Deployment runs (multi-node runs a LeaderWorkerSet).
+SINGLE = [name for name in VALUE_SETS if name != "multi"]
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS))
@@ -77,10 +55,11 @@ def test_rendered_objects_are_valid_kubernetes(rendered: dict[str, list[Obj]], v
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             crds.append(obj)
-    # Only the Prometheus Operator's and the Gateway APIs' CRs are outside Kubernetes' own
-    # schemas (the latter are validated against their CRDs below).
+    # Only the Prometheus Operator's, the Gateway APIs' and LWS's CRs are outside Kubernetes'
+    # own schemas (the last three are validated against their CRDs in test_scaleout.py).
     assert all(o["apiVersion"] in ("monitoring.coreos.com/v1", "inference.networking.k8s.io/v1",
-                                   "gateway.networking.k8s.io/v1") for o in crds), crds
+                                   "gateway.networking.k8s.io/v1", "leaderworkerset.x-k8s.io/v1")
+               for o in crds), crds
 
 
 def test_validation_really_rejects_a_broken_object(rendered: dict[str, list[Obj]]) -> None:
@@ -99,29 +78,31 @@ def test_what_each_value_set_creates(rendered: dict[str, list[Obj]]) -> None:
                                       "PersistentVolumeClaim", "Pod", "Secret", "Service"]
     assert kinds(rendered["pool"]) == ["ConfigMap", "Deployment", "HTTPRoute", "InferencePool",
                                        "Pod", "Service"]
+    assert kinds(rendered["multi"]) == ["ConfigMap", "LeaderWorkerSet", "PersistentVolumeClaim",
+                                        "Pod", "Service"]
 
 
 def test_gpu_limit_runtime_and_scheduling_only_with_gpu_on(
         rendered: dict[str, list[Obj]]) -> None:
     for name in ("default", "cpu"):
-        pod = one(rendered[name], "Deployment")["spec"]["template"]["spec"]
-        assert GPU_RESOURCE not in json.dumps(pod)
-        assert "runtimeClassName" not in pod
+        spec = pod(rendered[name])
+        assert GPU_RESOURCE not in json.dumps(spec)
+        assert "runtimeClassName" not in spec
         assert container(rendered[name])["image"].endswith(":0.1.0-cpu")
-        assert "/dev/shm" not in json.dumps(pod)
-    pod = one(rendered["gpu"], "Deployment")["spec"]["template"]["spec"]
+        assert "/dev/shm" not in json.dumps(spec)
+    spec = pod(rendered["gpu"])
     c = container(rendered["gpu"])
     assert c["resources"]["limits"][GPU_RESOURCE] == 1
     assert c["resources"]["limits"]["memory"] == "32Gi"  # user limits kept
     assert c["image"].endswith(":0.1.0-cuda")
-    assert pod["runtimeClassName"] == "nvidia"
-    assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod[
+    assert spec["runtimeClassName"] == "nvidia"
+    assert {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in spec[
         "tolerations"]
-    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+    term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"][0]["matchExpressions"][0]
     assert term == {"key": "nvidia.com/gpu.product", "operator": "In",
                     "values": ["NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"]}
-    shm = named(pod["volumes"], "dshm")
+    shm = named(spec["volumes"], "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
     assert c["args"][c["args"].index("--backend") + 1] == "vllm"
@@ -179,8 +160,7 @@ def test_api_key_enabled_without_a_secret_fails_to_render() -> None:
 
 
 def _checksum(objects: list[Obj]) -> str:
-    return str(one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"][
-        "checksum/model"])
+    return str(pod_template(objects)["metadata"]["annotations"]["checksum/model"])
 
 
 def test_checksum_annotation_rolls_pods_when_the_model_changes(
@@ -192,9 +172,9 @@ def test_checksum_annotation_rolls_pods_when_the_model_changes(
     assert _checksum(rendered["gpu"]) != _checksum(rendered["default"])
     assert len(_checksum(changed)) == 64
     key_changed = render(CHART, *GPU, "--set", "apiKey.value=other")
-    annotations = one(key_changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["checksum/api-key"] != one(rendered["gpu"], "Deployment")["spec"][
-        "template"]["metadata"]["annotations"]["checksum/api-key"]
+    annotations = pod_template(key_changed)["metadata"]["annotations"]
+    assert annotations["checksum/api-key"] != pod_template(rendered["gpu"])["metadata"][
+        "annotations"]["checksum/api-key"]
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS))
@@ -205,10 +185,9 @@ def test_the_mounted_model_spec_is_one_lokal_accepts(rendered: dict[str, list[Ob
     c = container(rendered[values])
     mount = named(c["volumeMounts"], "model-config")
     assert c["args"][:2] == ["--config", f"{mount['mountPath']}/model.yaml"]
-    volume = named(one(rendered[values], "Deployment")["spec"]["template"]["spec"]["volumes"],
-                   "model-config")
+    volume = named(pod(rendered[values])["volumes"], "model-config")
     assert volume["configMap"]["name"] == config["metadata"]["name"]
-    if values in ("gpu", "pool"):
+    if values in ("gpu", "pool", "multi"):
         assert spec.vllm is not None and spec.gguf is None  # no default leaked in
     else:
         assert spec == ModelSpec.from_yaml(REPO / "configs" / "smollm2-135m-instruct.yaml"
@@ -224,22 +203,21 @@ def test_every_lokal_variable_the_chart_sets_is_a_real_setting(
     for name in names:
         assert name.removeprefix("LOKAL_").lower() in ServerSettings.model_fields, name
     grace = int(env(rendered[values])["LOKAL_SHUTDOWN_GRACE"]["value"])
-    pod = one(rendered[values], "Deployment")["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > grace
+    assert pod(rendered[values])["terminationGracePeriodSeconds"] > grace
 
 
 @pytest.mark.parametrize("values", list(VALUE_SETS))
 def test_non_root_read_only_and_the_images_user(rendered: dict[str, list[Obj]],
                                                 values: str) -> None:
-    pod = one(rendered[values], "Deployment")["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's USER
+    spec = pod(rendered[values])
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 10001  # the Dockerfile's USER
     assert "USER 10001:10001" in (REPO / "Dockerfile").read_text()
     c = container(rendered[values])
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    assert pod["automountServiceAccountToken"] is False
+    assert spec["automountServiceAccountToken"] is False
 
 
 def test_ingress_keeps_streams_unbuffered(rendered: dict[str, list[Obj]]) -> None:
@@ -264,14 +242,14 @@ def test_autoscaling_on_cpu_or_on_requests_waiting(rendered: dict[str, list[Obj]
         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
     gpu = one(rendered["gpu"], "HorizontalPodAutoscaler")["spec"]
     assert gpu["metrics"] == [{"type": "Pods", "pods": {
-        "metric": {"name": "lokal_requests_waiting"},
+        "metric": {"name": "vllm_num_requests_waiting"},  # the README's adapter rule
         "target": {"type": "AverageValue", "averageValue": "2"}}}]
     assert cpu["scaleTargetRef"]["name"] == one(rendered["cpu"], "Deployment")["metadata"][
         "name"]
 
 
 def test_selectors_match_the_pods(rendered: dict[str, list[Obj]]) -> None:
-    for values in VALUE_SETS:
+    for values in SINGLE:  # multi-node: test_scaleout.py
         deployment = one(rendered[values], "Deployment")
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         for selector in (deployment["spec"]["selector"]["matchLabels"],
@@ -290,14 +268,12 @@ def test_selectors_match_the_pods(rendered: dict[str, list[Obj]]) -> None:
 def test_storage_claim_or_an_existing_one(rendered: dict[str, list[Obj]]) -> None:
     claim = one(rendered["gpu"], "PersistentVolumeClaim")
     assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
-    pod = one(rendered["gpu"], "Deployment")["spec"]["template"]["spec"]
-    models = named(pod["volumes"], "models")
+    models = named(pod(rendered["gpu"])["volumes"], "models")
     assert models["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert env(rendered["gpu"])["HF_HOME"]["value"] == "/models/huggingface"
     existing = render(CHART, *GPU, "--set", "storage.existingClaim=shared-models")
     assert not [o for o in existing if o["kind"] == "PersistentVolumeClaim"]
-    pod = one(existing, "Deployment")["spec"]["template"]["spec"]
-    models = named(pod["volumes"], "models")
+    models = named(pod(existing)["volumes"], "models")
     assert models["persistentVolumeClaim"]["claimName"] == "shared-models"
 
 
@@ -371,114 +347,3 @@ def test_the_chart_is_helm_packageable(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     (package,) = tmp_path.glob("lokal-0.1.0.tgz")
     assert package.stat().st_size > 0
-
-
-def _cr_schema(kind: str) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((CRDS / CR_SCHEMAS[kind]).read_text())
-    return schema
-
-
-def test_gateway_crs_match_their_published_crd_schemas(rendered: dict[str, list[Obj]]) -> None:
-    import jsonschema
-
-    for kind in CR_SCHEMAS:
-        obj = one(rendered["pool"], kind)
-        jsonschema.validate(obj, _cr_schema(kind))
-    broken = json.loads(json.dumps(one(rendered["pool"], "InferencePool")))
-    broken["spec"]["targetPorts"] = [{"number": "http"}]
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, _cr_schema("InferencePool"))
-    broken = json.loads(json.dumps(one(rendered["pool"], "HTTPRoute")))
-    del broken["spec"]["rules"][0]["backendRefs"][0]["name"]
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, _cr_schema("HTTPRoute"))
-
-
-def test_the_pool_selects_the_pods_on_the_serving_port_with_vllm_metric_names(
-        rendered: dict[str, list[Obj]]) -> None:
-    objects = rendered["pool"]
-    pool = one(objects, "InferencePool")["spec"]
-    pod = one(objects, "Deployment")["spec"]["template"]
-    assert pool["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
-    assert pool["targetPorts"] == [{"number": port}]
-    assert pod["metadata"]["labels"]["llm-d.ai/engine-type"] == "vllm"
-    route = one(objects, "HTTPRoute")["spec"]
-    assert route["rules"][0]["backendRefs"] == [{
-        "group": "inference.networking.k8s.io", "kind": "InferencePool",
-        "name": one(objects, "InferencePool")["metadata"]["name"]}]
-    for name in ("default", "cpu", "gpu"):  # off by default: no label, no pool
-        labels = one(rendered[name], "Deployment")["spec"]["template"]["metadata"]["labels"]
-        assert "llm-d.ai/engine-type" not in labels
-
-
-def test_tensor_parallel_asks_for_its_gpus_and_tells_vllm(
-        rendered: dict[str, list[Obj]]) -> None:
-    objects = rendered["pool"]
-    c = container(objects)
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2  # tensor 2 x pipeline 1
-    spec = yaml.safe_load(one(objects, "ConfigMap")["data"]["model.yaml"])
-    assert spec["vllm"]["engine_args"]["tensor_parallel_size"] == 2
-    assert spec["vllm"]["engine_args"]["pipeline_parallel_size"] == 1
-    assert spec["vllm"]["engine_args"]["gpu_memory_utilization"] == 0.9  # kept
-    ModelSpec.model_validate(spec)  # still a valid lokal model YAML
-    assert env(objects)["NCCL_DEBUG"]["value"] == "WARN"
-    volumes = one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
-    assert named(volumes, "dshm")["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
-
-
-MULTI = ("-f", str(CHART / "ci" / "multinode-values.yaml"))
-
-
-@pytest.fixture(scope="module")
-def multinode() -> list[Obj]:
-    return render(CHART, *MULTI)
-
-
-def test_multinode_renders_a_valid_leaderworkerset(multinode: list[Obj]) -> None:
-    done = helm("lint", "--strict", str(CHART), *MULTI)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert kinds(multinode) == ["ConfigMap", "LeaderWorkerSet", "Pod", "Service"]
-    import jsonschema
-
-    lws = one(multinode, "LeaderWorkerSet")
-    schema = json.loads((CRDS / "leaderworkerset-v1.json").read_text())
-    jsonschema.validate(lws, schema)
-    broken = json.loads(json.dumps(lws))
-    broken["spec"]["leaderWorkerTemplate"]["size"] = "two"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, schema)
-    for obj in multinode:
-        if obj["kind"] != "LeaderWorkerSet":
-            kubernetes_validate.validate(obj, KUBERNETES[-1], strict=True)
-    # Each pod template is a valid Kubernetes PodTemplateSpec too.
-    for role in ("leaderTemplate", "workerTemplate"):
-        template = lws["spec"]["leaderWorkerTemplate"][role]
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
-                                      "metadata": {"name": "t"}, "template": template},
-                                     KUBERNETES[-1], strict=True)
-
-
-def test_multinode_groups_gpus_ray_and_leader_only_service(multinode: list[Obj]) -> None:
-    values = yaml.safe_load((CHART / "ci" / "multinode-values.yaml").read_text())
-    nodes, tensor = values["vllm"]["multiNode"]["nodes"], values["vllm"]["parallel"]["tensor"]
-    group = one(multinode, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
-    assert group["size"] == nodes
-    leader, worker = (group[r]["spec"] for r in ("leaderTemplate", "workerTemplate"))
-    for pod in (leader, worker):
-        (c,) = pod["containers"]
-        assert c["resources"]["limits"]["nvidia.com/gpu"] == tensor
-        assert named(pod["volumes"], "dshm")["emptyDir"]["medium"] == "Memory"
-        assert named(pod["volumes"], "dshm")["emptyDir"]["sizeLimit"]
-    assert "ray start --head" in leader["containers"][0]["args"][0]
-    assert "lokal serve" in leader["containers"][0]["args"][0]
-    assert "$(LWS_LEADER_ADDRESS)" in worker["containers"][0]["args"][0]
-    assert leader["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-    assert "readinessProbe" not in worker["containers"][0]
-    selector = one(multinode, "Service")["spec"]["selector"]
-    assert selector["leaderworkerset.sigs.k8s.io/worker-index"] == "0"  # leaders only
-    spec = yaml.safe_load(one(multinode, "ConfigMap")["data"]["model.yaml"])
-    assert spec["vllm"]["engine_args"] == {"tensor_parallel_size": tensor,
-                                           "pipeline_parallel_size": nodes,
-                                           "distributed_executor_backend": "ray"}
-    ModelSpec.model_validate(spec)
