@@ -193,6 +193,11 @@ class BackendStats:
     ram_cache_hit_tokens: int = 0
     """Prompt tokens restored from that cache instead of recomputed (also counted in
     prefix_cache_hit_tokens)."""
+    spec_drafts: int = 0
+    """Speculative drafts checked (llama.cpp prompt lookup), their tokens, and how many of
+    those the model took."""
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
     engine_error: str | None = None
     """Why the engine can no longer serve (its thread or process died); None while it can.
     Permanent: only a restart brings it back, so liveness and readiness both fail."""

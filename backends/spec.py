@@ -86,6 +86,36 @@ class GrammarLimits(BaseModel):
     max_items_in_row: int = Field(default=2_000, ge=10, description="alternatives in a rule")
 
 
+class Speculation(BaseModel):
+    """Prompt-lookup speculative decoding: each step a decoding sequence also feeds up to
+    `max_draft` tokens copied from its own context (what followed the last time its latest
+    n-gram occurred) and keeps the longest prefix the model agrees with. Output is the same as
+    without it (every token is still sampled from the model, in order); it saves steps where
+    replies copy their input (edits, refactors, quotes of retrieved text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    max_draft: int = Field(default=16, ge=1, le=48,
+                           description="tokens drafted per sequence per step, at most")
+    min_ngram: int = Field(default=3, ge=1, le=8,
+                           description="shortest n-gram of the latest tokens looked up")
+    max_ngram: int = Field(default=5, ge=1, le=8,
+                           description="longest n-gram of the latest tokens looked up")
+    step_rows: float = Field(
+        default=1.0, ge=0.0, le=1e6,
+        description="a decode step's fixed cost in batch rows: a sequence drafts while the "
+        "chance its drafts are taken beats rows / (rows + step_rows), rows being the sequences "
+        "decoding. ~1 on a CPU (each row costs about a step's fixed part); higher where rows "
+        "are nearly free (a GPU, a big model on many cores)")
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> Speculation:
+        if self.min_ngram > self.max_ngram:
+            raise ValueError("speculation.min_ngram cannot exceed speculation.max_ngram")
+        return self
+
+
 class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +131,7 @@ class LlamaCppOptions(BaseModel):
                                   description="host RAM for KV of prompts evicted from the slots, "
                                   "restored when a later request shares their prefix (0: off)")
     grammar: GrammarLimits = Field(default_factory=GrammarLimits)
+    speculation: Speculation = Field(default_factory=Speculation)
 
 
 class EmbeddingOptions(BaseModel):

@@ -55,10 +55,22 @@ def _ratio_table(results: Sequence[Result]) -> list[str]:
             if theirs is None:
                 cells += ["n/a", "n/a"]
             else:
-                cells += [ratio(mine["tps"], theirs["tps"]),
+                cells += [ratio(mine["tps"], theirs["tps"]) + _spread(lokal, a, c),
                           ratio(mine["ttft_p95_ms"], theirs["ttft_p95_ms"])]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _spread(lokal: Result, anchor: Result, clients: int) -> str:
+    """' (min-max over N rounds)': lokal's tok/s over the anchor's, round by round (each
+    round ran both back to back), beside the ratio of the pooled runs."""
+    mine = (lokal.get("run_tps") or {}).get(clients) or []
+    theirs = (anchor.get("run_tps") or {}).get(clients) or []
+    ratios = sorted(m / t for m, t in zip(mine, theirs, strict=False) if t > 0)
+    if len(ratios) < 2:
+        return ""
+    return (f" ({ratios[0]:.2f}-{ratios[-1]:.2f}x, median {median(ratios):.2f}x over "
+            f"{len(ratios)} rounds)")
 
 
 def _prefix_table(results: Sequence[Result]) -> list[str]:

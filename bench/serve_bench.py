@@ -134,6 +134,62 @@ class ServerResult:
     levels: list[Level] = field(default_factory=list)
     prefix: list[PrefixRep] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    run_tps: dict[int, list[float]] = field(default_factory=dict)
+    """Per concurrency level, tok/s of each interleaved run in order (round i of every server
+    ran back to back, so ratios are taken round by round)."""
+
+
+# The copy workload: replies that copy their prompt (the user's text back, corrected or
+# repeated), as edits and answers over retrieved documents do. SmolLM2-135M paraphrases as it
+# copies, so about 60-75% of what prompt lookup drafts is taken: a modest copier.
+PASSAGES = [
+    "The harbour town wakes early. Fishing boats leave before dawn, and by seven the market "
+    "is full of buyers. The baker on the corner sells bread to the sailors, and the school "
+    "bell rings at eight. In the afternoon the wind turns, the boats come back, and the gulls "
+    "follow them into the harbour. At night the lighthouse keeps watch over the bay.",
+    "To reset the router, unplug it from the wall and wait thirty seconds. Plug it back in "
+    "and wait until the green light stops blinking. Open a browser and go to the settings "
+    "page. Sign in with the password printed on the label under the router. Choose a new "
+    "network name and a new password, then save the settings and restart the router.",
+    "Our library lends books for three weeks. You can renew a book twice, online or at the "
+    "front desk, unless another reader has reserved it. Late returns cost ten cents a day. "
+    "Children's books have no late fees. The reading room is open until nine on weekdays and "
+    "until five on Saturdays; it is closed on Sundays and public holidays.",
+    "Preheat the oven to two hundred degrees. Mix the flour, the sugar and a pinch of salt in "
+    "a large bowl. Rub in the cold butter until the mixture looks like breadcrumbs. Add two "
+    "eggs and a splash of milk, and stir until a soft dough forms. Roll it out, cut it into "
+    "rounds, and bake them for twelve minutes until golden.",
+    "The committee met on Tuesday to review the budget. The treasurer reported that costs "
+    "rose by four percent, mostly because of heating. The members agreed to delay the new "
+    "roof until spring and to ask the council for a grant. The next meeting will be held on "
+    "the first Monday of March in the village hall.",
+    "Water the tomato plants every morning, and give them more in hot weather. Pinch out the "
+    "side shoots as they appear, so that the plant puts its strength into the fruit. Tie the "
+    "main stem to a cane as it grows. Feed the plants once a week after the first flowers "
+    "open, and pick the tomatoes when they are fully red.",
+    "The train to the coast leaves platform four at seven fifteen. It stops at every station "
+    "until the junction, then runs fast to the sea. Passengers for the island change at the "
+    "harbour station for the ferry, which leaves every hour. Tickets bought on the train cost "
+    "more, so buy them at the station before you travel.",
+    "Each new employee receives a laptop, a badge and an account on the first day. The badge "
+    "opens the main door and the lifts. Please change your password within a week and keep "
+    "your laptop locked when you leave your desk. Questions about pay go to the office "
+    "manager, and questions about the computers go to the help desk.",
+]
+COPY_ASKS = ["Repeat exactly:\n\n{text}",
+             "Correct any spelling mistakes in this text and return the whole text:\n\n{text}"]
+
+
+def copy_request(index: int, max_tokens: int) -> dict[str, Any]:
+    text = PASSAGES[index % len(PASSAGES)]
+    ask = COPY_ASKS[(index // len(PASSAGES)) % len(COPY_ASKS)]
+    return {"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": ask.format(text=text)}],
+            "max_tokens": max_tokens, "temperature": 0, "seed": 1234,
+            "stream_options": {"include_usage": True}}
+
+
+WORKLOADS = {"chat": lambda i, m: story_request(i, m), "copy": copy_request}
 
 
 def story_request(index: int, max_tokens: int) -> dict[str, Any]:
@@ -163,7 +219,7 @@ def conversation(seed: int, words: int) -> list[dict[str, str]]:
 
 
 async def drive(base_url: str, model: str, clients: int, requests: int, max_tokens: int,
-                timeout_s: float, level_timeout_s: float) -> Level:
+                timeout_s: float, level_timeout_s: float, workload: str = "chat") -> Level:
     """`requests` streaming chats, at most `clients` at a time (each client one after another);
     what is still running after `level_timeout_s` is cancelled and counted as an error."""
     pending = list(range(requests))
@@ -172,8 +228,8 @@ async def drive(base_url: str, model: str, clients: int, requests: int, max_toke
     async def client_loop(client: httpx.AsyncClient) -> None:
         while pending:
             index = pending.pop(0)
-            results.append(await stream_chat(client, base_url,
-                                             {"model": model, **story_request(index, max_tokens)}))
+            body = WORKLOADS[workload](index, max_tokens)
+            results.append(await stream_chat(client, base_url, {"model": model, **body}))
 
     errors: list[str] = []
     async with async_client(clients, timeout_s) as client:
@@ -285,7 +341,7 @@ def measure_levels(targets: list[Target], model: str, args: argparse.Namespace,
                         meter = CpuMeter([pid for pid in (server.pid,) if pid is not None])
                         level = asyncio.run(drive(server.base_url, model, clients, requests,
                                                   args.max_tokens, args.timeout,
-                                                  args.level_timeout))
+                                                  args.level_timeout, args.workload))
                         level.foreign_cores = meter.foreign_cores()
                         cut_off = len(level.ttfts) < requests
                         return level, float("inf") if cut_off else level.foreign_cores
@@ -308,6 +364,7 @@ def measure_levels(targets: list[Target], model: str, args: argparse.Namespace,
                         f"{args.interleave} runs (time budget spent)")
                 if levels:
                     results[name].levels.append(pooled(levels))
+                    results[name].run_tps[clients] = [lv.tps for lv in levels]
     return results
 
 
@@ -335,7 +392,7 @@ def measure(target: Target, model: str, args: argparse.Namespace,
                           requests: int = requests) -> tuple[Level, float]:
                 meter = CpuMeter([pid for pid in (server.pid,) if pid is not None])
                 level = asyncio.run(drive(base_url, model, clients, requests, args.max_tokens,
-                                          args.timeout, args.level_timeout))
+                                          args.timeout, args.level_timeout, args.workload))
                 level.foreign_cores = meter.foreign_cores()
                 cut_off = len(level.ttfts) < requests
                 return level, float("inf") if cut_off else level.foreign_cores
@@ -418,6 +475,9 @@ def parse_args() -> argparse.Namespace:
                         help="runs of every level per server, servers in alternating order, "
                              "pooled (default 2)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="chat",
+                        help="chat: long stories (replies that do not copy); copy: replies "
+                             "that copy the prompt (repeat / correct a passage)")
     parser.add_argument("--prefix-reps", type=int, default=3)
     parser.add_argument("--prefix-words", type=int, default=1250,
                         help="words of the turn-1 report (~1,500 prompt tokens at turn 2)")
@@ -431,7 +491,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lokal-ref", default=None,
                         help="measure this git commit of lokal instead of the work tree")
     parser.add_argument("--servers", default="lokal,llama-server,llama-cpp-python",
-                        help="which servers, comma-separated, lokal first (default all three)")
+                        help="which servers, comma-separated, lokal first (default all three); "
+                             "also lokal-nospec (lokal without speculation) and "
+                             "llama-server-spec (llama-server drafting from the context: "
+                             "--spec-type ngram-simple with lokal's n-gram and draft sizes)")
     parser.add_argument("--build-jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="per-request timeout in seconds (default 300)")
@@ -482,10 +545,11 @@ def main() -> int:
              "llama_cpp_python": version, "gguf": gguf, "threads": str(threads),
              "context": str(ctx), "max_tokens": str(args.max_tokens),
              "rounds": str(args.rounds), "min_requests": str(args.min_requests),
+             "workload": args.workload,
              "interleave": str(args.interleave)}
     print(f"load average before: {facts['load_average']}", flush=True)
-    binary = llama_server_binary(version, args.build_jobs) if "llama-server" in args.servers \
-        else None
+    binary = llama_server_binary(version, args.build_jobs) \
+        if {"llama-server", "llama-server-spec"} & set(args.servers) else None
     python = llama_cpp_python_server(version) if "llama-cpp-python" in args.servers else None
     if binary is not None:
         facts["llama_server"] = llama_server_version(binary)
@@ -494,6 +558,22 @@ def main() -> int:
 
     def make_lokal(port: int) -> ServerProcess:
         return lokal_server(lokal_dir, config, port, log_dir / "lokal.log")
+
+    nospec_config = log_dir / "lokal-nospec.yaml"
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["llamacpp"].setdefault("speculation", {})["enabled"] = False
+    nospec_config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    def make_lokal_nospec(port: int) -> ServerProcess:
+        server = lokal_server(lokal_dir, nospec_config, port, log_dir / "lokal-nospec.log")
+        server.name = "lokal-nospec"
+        return server
+
+    # llama-server's prompt lookup (ngram-simple) with lokal's n-gram and draft length.
+    spec_opts = spec.llamacpp.speculation
+    spec_flags = ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n",
+                  str(spec_opts.min_ngram), "--spec-ngram-simple-size-m",
+                  str(spec_opts.max_draft)]
 
     # Tuning flags, shown in the results; the model path, host and port are added at start.
     llama_server_flags = ["-t", str(threads), "-tb", str(threads), "-c", "CTX", "-np", "SLOTS",
@@ -507,12 +587,13 @@ def main() -> int:
         values = {"CTX": str(ctx * slots[0]), "SLOTS": str(slots[0])}
         return [values.get(flag, flag) for flag in llama_server_flags]
 
-    def make_llama_server(port: int) -> ServerProcess:
+    def make_llama_server(port: int, spec: bool = False) -> ServerProcess:
         assert binary is not None
+        name = "llama-server-spec" if spec else "llama-server"
         command = [str(binary), "-m", gguf, "--host", "127.0.0.1", "--port", str(port),
-                   *server_flags()]
-        return ServerProcess("llama-server", command, f"http://127.0.0.1:{port}", "/health",
-                             log_dir / "llama-server.log")
+                   *server_flags(), *(spec_flags if spec else [])]
+        return ServerProcess(name, command, f"http://127.0.0.1:{port}", "/health",
+                             log_dir / f"{name}.log")
 
     def make_llama_cpp_python(port: int) -> ServerProcess:
         assert python is not None
@@ -534,11 +615,13 @@ def main() -> int:
         target.on_ready = on_ready
         return target
 
-    def llama_server_target() -> Target:
-        target = Target("llama-server", make_llama_server, "")
+    def llama_server_target(spec: bool = False) -> Target:
+        name = "llama-server-spec" if spec else "llama-server"
+        target = Target(name, lambda port: make_llama_server(port, spec), "")
 
         def on_ready(_base_url: str) -> None:  # the flags as started, slots known by then
-            target.flags = "llama-server " + " ".join(server_flags())
+            target.flags = "llama-server " + " ".join(
+                [*server_flags(), *(spec_flags if spec else [])])
 
         target.on_ready = on_ready
         return target
@@ -546,6 +629,10 @@ def main() -> int:
     targets: dict[str, Callable[[], Target]] = {
         "lokal": lokal_target,
         "llama-server": llama_server_target,
+        "llama-server-spec": lambda: llama_server_target(spec=True),
+        "lokal-nospec": lambda: Target("lokal-nospec", make_lokal_nospec,
+                                       f"lokal serve --config {nospec_config.name} "
+                                       "(as lokal, speculation.enabled false)"),
         "llama-cpp-python": lambda: Target(
             "llama-cpp-python", make_llama_cpp_python,
             "python -m llama_cpp.server " + " ".join(llama_cpp_python_flags))}

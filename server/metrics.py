@@ -148,6 +148,12 @@ class EngineCollector(Collector):
         cancelled = CounterMetricFamily("lokal_requests_cancelled",
                                         "Generations stopped early (client gone, timeout, "
                                         "shutdown)", labels=["model"])
+        drafts = CounterMetricFamily("lokal_spec_drafts", "Speculative drafts (prompt lookup) "
+                                     "checked by the model", labels=["model"])
+        drafted = CounterMetricFamily("lokal_spec_draft_tokens", "Tokens in those drafts",
+                                      labels=["model"])
+        accepted = CounterMetricFamily("lokal_spec_accepted_tokens", "Drafted tokens the model "
+                                       "took (each saves a decode step)", labels=["model"])
         yield from self.pool_metrics()
         every = self.pool.stats()
         for model in self.pool.models():
@@ -165,7 +171,11 @@ class EngineCollector(Collector):
             up.add_metric([model.id], 0.0 if stats.engine_error else 1.0)
             ram.add_metric([model.id], stats.ram_cache_bytes)
             ram_hits.add_metric([model.id], stats.ram_cache_hit_tokens)
-        yield from (info, ready, running, waiting, slots, kv, hits, cancelled, up, ram, ram_hits)
+            drafts.add_metric([model.id], stats.spec_drafts)
+            drafted.add_metric([model.id], stats.spec_draft_tokens)
+            accepted.add_metric([model.id], stats.spec_accepted_tokens)
+        yield from (info, ready, running, waiting, slots, kv, hits, cancelled, up, ram, ram_hits,
+                    drafts, drafted, accepted)
 
     def pool_metrics(self) -> Iterator[Metric]:
         """The model pool: what is loaded, the memory each model and the budget hold, loads,

@@ -123,7 +123,8 @@ class LlamaCppBackend:
         self._scheduler = Scheduler(self._model, self._ctx, n_slots=opts.parallel,
                                     prompt_budget=opts.n_batch, max_waiting=opts.max_waiting,
                                     copy_min_gain=copy_min_gain(self._spec.context_length),
-                                    prompt_cache_bytes=opts.prompt_cache_mib * 2**20)
+                                    prompt_cache_bytes=opts.prompt_cache_mib * 2**20,
+                                    speculation=opts.speculation)
         self._scheduler.start()
         self._info = dataclasses.replace(self._info, capabilities=dataclasses.replace(
             self._info.capabilities, fim=self._fim is not None,
@@ -184,6 +185,9 @@ class LlamaCppBackend:
             cancelled=scheduler.cancelled_total,
             ram_cache_bytes=scheduler.ram_cache_bytes,
             ram_cache_hit_tokens=scheduler.ram_hit_tokens_total,
+            spec_drafts=scheduler.drafts_total,
+            spec_draft_tokens=scheduler.draft_tokens_total,
+            spec_accepted_tokens=scheduler.accepted_tokens_total,
             engine_error=scheduler.error,
         )
 

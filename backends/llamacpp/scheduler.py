@@ -20,7 +20,9 @@ from backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
 from backends.errors import Busy, EngineDown
 from backends.llamacpp.cache import Placement, PromptCache, Saved, Slot, SlotTable
 from backends.llamacpp.guidance import apply_mask
+from backends.llamacpp.lookup import Drafter
 from backends.llamacpp.sampling import SamplerChain
+from backends.spec import Speculation
 from backends.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ class Job:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Seq:
     job: Job
     index: int
@@ -89,13 +91,16 @@ class _Seq:
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
     stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    drafter: Drafter | None = None
+    """Prompt-lookup drafts for this sequence (speculation on, once its prompt is in)."""
 
 
 class Scheduler:
     """Owns a llama.cpp context with `n_slots` sequences, each in its own KV stream."""
 
     def __init__(self, model: Any, ctx: Any, *, n_slots: int, prompt_budget: int,
-                 max_waiting: int, copy_min_gain: int, prompt_cache_bytes: int = 0) -> None:
+                 max_waiting: int, copy_min_gain: int, prompt_cache_bytes: int = 0,
+                 speculation: Speculation | None = None) -> None:
         self._model = model
         self._ctx = ctx
         self._vocab = model.vocab
@@ -115,7 +120,14 @@ class Scheduler:
         self._stopping = False
         self._dead: str | None = None
         self._thread = threading.Thread(target=self._run, name="lokal-llamacpp", daemon=True)
+        self._speculation = speculation if speculation is not None \
+            else Speculation(enabled=False)
+        # Token id -> its bytes: detokenizing one token is a call into llama.cpp per token.
+        self._pieces: dict[int, bytes] = {}
         self.cached_tokens_total = 0
+        self.drafts_total = 0
+        self.draft_tokens_total = 0
+        self.accepted_tokens_total = 0
         self.ram_hit_tokens_total = 0
         self.cancelled_total = 0
 
@@ -343,11 +355,23 @@ class Scheduler:
         # The batch lists sequences in slot order: with one KV stream per slot llama.cpp splits
         # a batch into micro-batches of consecutive sequence ids, so arrival order would make
         # one step of 8 streams several passes over the weights.
+        drafts: dict[int, list[int]] = {}
+        decoding = sum(1 for s in self._active if not s.prefilling)
         for seq in sorted(self._active, key=lambda s: s.slot.seq_id):
             if not seq.prefilling:
+                draft: list[int] = []
+                if seq.drafter is not None and budget > 0:
+                    # Never past max_tokens: the last token allowed needs no draft after it.
+                    draft = seq.drafter.draft(
+                        min(budget, seq.job.max_tokens - seq.generated - 1), decoding)
+                    budget -= len(draft)
                 add(seq.next_token, seq.n_past, seq.slot.seq_id, True)
                 samples.append((seq, n - 1))
-                fed.append((seq, [seq.next_token]))
+                for offset, token in enumerate(draft, 1):
+                    add(token, seq.n_past + offset, seq.slot.seq_id, True)
+                if draft:
+                    drafts[id(seq)] = draft
+                fed.append((seq, [seq.next_token, *draft]))
             elif id(seq) in chunks:
                 start, end = chunks[id(seq)]
                 prompt = seq.job.prompt
@@ -365,16 +389,51 @@ class Scheduler:
             seq.slot.tokens.extend(tokens)
             seq.n_past += len(tokens)
         for seq, index in samples:
-            group = [seq]
-            if seq.prefilling:
-                self._fork(seq)
-                group = self._group(seq)
+            if not seq.prefilling:
+                self._verify(seq, index, drafts.get(id(seq), []))
+                continue
+            self._fork(seq)
+            group = self._group(seq)
             logp = None if seq.job.top_logprobs is None else self._log_softmax(index)
             for member in group:
                 member.prefilling = False
+                if self._speculation.enabled:
+                    member.drafter = Drafter(member.slot.tokens, self._speculation)
                 if member.matcher is not None:  # after the logprobs: they stay the model's
                     apply_mask(member.matcher, self._logits(index))
                 self._accept(member, member.sampler.sample(self._ctx, index), logp)
+
+    def _verify(self, seq: _Seq, index: int, draft: list[int]) -> None:
+        """Sample `seq`'s next tokens from the rows of its fed token and its draft, in order,
+        while the drafted token is the one sampled: the output is what decoding one token a
+        step gives (the same rows, the same sampler calls), only in fewer steps. Then drop
+        the KV cells of the rejected draft tokens."""
+        accepted = 0
+        alive = True
+        for offset in range(len(draft) + 1):
+            row = index + offset
+            logp = None if seq.job.top_logprobs is None else self._log_softmax(row)
+            if seq.matcher is not None:  # after the logprobs: they stay the model's
+                apply_mask(seq.matcher, self._logits(row))
+            token = seq.sampler.sample(self._ctx, row)
+            if not self._accept(seq, token, logp):
+                alive = False  # finished: its cells stay, and slot.tokens lists them all
+                break
+            if offset == len(draft) or token != draft[offset]:
+                break
+            accepted += 1
+        if draft:
+            self.drafts_total += 1
+            self.draft_tokens_total += len(draft)
+            self.accepted_tokens_total += accepted
+            assert seq.drafter is not None
+            seq.drafter.verified(len(draft), accepted)
+        rejected = len(draft) - accepted
+        if rejected and alive:
+            keep = seq.n_past - rejected
+            llama_cpp.llama_memory_seq_rm(self._mem, seq.slot.seq_id, keep, -1)
+            del seq.slot.tokens[keep:]
+            seq.n_past = keep
 
     def _logits(self, batch_index: int) -> np.ndarray[Any, Any]:
         """A writable view of one batch row's logits inside the llama.cpp context."""
@@ -412,19 +471,22 @@ class Scheduler:
             seq.slot.tokens = list(leader.slot.tokens)
             seq.n_past = leader.n_past
 
-    def _accept(self, seq: _Seq, token: int, logp: np.ndarray[Any, Any] | None) -> None:
+    def _accept(self, seq: _Seq, token: int, logp: np.ndarray[Any, Any] | None) -> bool:
+        """Hand `token` to the request; False if that finished the sequence."""
         job = seq.job
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
-            return
+            return False
         seq.generated += 1
         if seq.matcher is not None and not seq.matcher.consume_token(token):
             logger.error("request %s: the constraint refused token %d: %s", job.request_id,
                          token, seq.matcher.get_error()[:200])
             job.emit(Event(seq.index, error="the output constraint failed"))
             self._release(seq)
-            return
-        piece = bytes(self._model.detokenize([token]))
+            return False
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._model.detokenize([token]))
         text = seq.stops.feed(seq.decoder.decode(piece))
         if logp is not None and job.top_logprobs is not None:
             logprob = self._token_logprob(token, logp, job.top_logprobs)
@@ -435,10 +497,14 @@ class Scheduler:
             seq.held.append(token)
         if seq.stops.stopped or (seq.matcher is not None and seq.matcher.is_stopped()):
             self._finish(seq, "stop")
-        elif seq.generated >= job.max_tokens:
+            return False
+        if seq.generated >= job.max_tokens:
             self._finish(seq, "length")
-        else:
-            seq.next_token = token
+            return False
+        seq.next_token = token
+        if seq.drafter is not None:
+            seq.drafter.extend([token])
+        return True
 
     @staticmethod
     def _take(seq: _Seq, *tokens: int) -> tuple[int, ...]:

@@ -1,0 +1,90 @@
+"""Prompt-lookup drafting: guess a sequence's next tokens by finding its latest n-gram earlier
+in its own context (prompt and reply so far) and copying what followed it there."""
+
+from __future__ import annotations
+
+from backends.spec import Speculation
+
+# The first draft of a sequence: short, until its text shows that it copies.
+FIRST_WINDOW = 4
+# On a CPU a batch row costs about the same whether it decodes or checks a draft (llama.cpp
+# applies the weights row by row; bench/RESULTS.md: a step is ~3.5 ms + ~3.2 ms per row for
+# SmolLM2 on 2 cores), so a step's fixed part is about one row (Speculation.step_rows). A draft
+# token pays off when the chance it is taken beats rows / (rows + step_rows): ~0.5 for one
+# sequence decoding, ~0.9 for eight, where every row already does full work.
+# A sequence's acceptance estimate before its first draft, and how fast it follows drafts.
+PRIOR = 0.75
+EMA = 0.3
+# Token ids packed into one int per n-gram (vocabularies stay far below 2**24 ids).
+_BITS = 24
+
+
+class Drafter:
+    """The n-gram index of one sequence's tokens. `extend` adds tokens as they are accepted,
+    `draft` proposes up to `limit` tokens. Costs one dict entry per token per n-gram size."""
+
+    __slots__ = ("_index", "_max", "_sizes", "_step_rows", "_tokens", "accepted", "drafted",
+                 "rate", "window")
+
+    def __init__(self, tokens: list[int], options: Speculation) -> None:
+        self._tokens: list[int] = []
+        self._sizes = range(options.min_ngram, options.max_ngram + 1)
+        # One map per n-gram size: packed n-gram -> where its latest continuation starts.
+        self._index: list[dict[int, int]] = [{} for _ in self._sizes]
+        self._max = options.max_draft
+        self._step_rows = options.step_rows
+        self.window = min(FIRST_WINDOW, options.max_draft)
+        """How many tokens to draft next: doubled by a draft taken whole, cut by a rejection."""
+        self.rate = PRIOR
+        """Estimated chance that a drafted token is taken (moving average over drafts)."""
+        self.drafted = 0
+        self.accepted = 0
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        seq = self._tokens
+        for token in tokens:
+            seq.append(token)
+            end = len(seq) - 1  # the n-grams ending just before `token` now have a follower
+            for n, index in zip(self._sizes, self._index, strict=True):
+                if end >= n:
+                    index[_pack(seq, end - n, end)] = end
+
+    def draft(self, limit: int, rows: int) -> list[int]:
+        """Tokens following the latest earlier occurrence of the longest matching n-gram, if
+        drafting is worth it in a step of `rows` decoding sequences."""
+        limit = min(limit, self.window)
+        if limit <= 0:
+            return []
+        if self.rate <= rows / (rows + self._step_rows):
+            # Not worth it at this batch size now; drift back towards the prior, so that a
+            # sequence that starts copying later, or a batch that empties, gets drafts again.
+            self.rate += 0.02 * (PRIOR - self.rate)
+            return []
+        seq = self._tokens
+        end = len(seq)
+        for n, index in zip(reversed(self._sizes), reversed(self._index), strict=True):
+            if end < n:
+                continue
+            start = index.get(_pack(seq, end - n, end))
+            if start is not None:
+                return seq[start:start + limit]
+        return []
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """Adapt the window: a draft taken whole earns a longer one next time; a rejection
+        shrinks it to what was taken (at least 1), so text that does not copy pays little."""
+        self.drafted += drafted
+        self.accepted += accepted
+        self.rate += EMA * (accepted / drafted - self.rate)
+        if accepted == drafted:
+            self.window = min(self.window * 2, self._max)
+        else:
+            self.window = max(1, accepted)
+
+
+def _pack(seq: list[int], start: int, end: int) -> int:
+    key = 0
+    for token in seq[start:end]:
+        key = (key << _BITS) | token
+    return key

@@ -1,0 +1,63 @@
+"""Prompt-lookup drafting (backends/llamacpp/lookup.py): what it proposes and when."""
+
+from __future__ import annotations
+
+from backends.llamacpp.lookup import FIRST_WINDOW, PRIOR, Drafter
+from backends.spec import Speculation
+
+OPTS = Speculation(max_draft=8, min_ngram=2, max_ngram=3)
+
+
+def test_drafts_what_followed_the_latest_ngram_earlier() -> None:
+    d = Drafter([1, 2, 3, 4, 5, 6, 9, 2, 3, 7, 8, 2, 3], OPTS)
+    # (2, 3) occurred twice before; the latest was followed by 7, 8.
+    assert d.draft(8, rows=1) == [7, 8, 2, 3]
+
+
+def test_prefers_the_longest_matching_ngram() -> None:
+    d = Drafter([5, 2, 3, 40, 41, 1, 2, 3, 50, 51, 9, 1, 2, 3], OPTS)
+    # (1, 2, 3) matches once (followed by 50); (2, 3) last by 50 too, but earlier by 40.
+    assert d.draft(2, rows=1) == [50, 51]
+    d = Drafter([7, 2, 3, 40, 41, 9, 1, 2, 3], OPTS)
+    assert d.draft(2, rows=1) == [40, 41]
+
+
+def test_no_match_no_draft_and_limits_hold() -> None:
+    d = Drafter([1, 2, 3, 4], OPTS)
+    assert d.draft(8, rows=1) == []
+    d.extend([1, 2])
+    assert d.draft(8, rows=1) == [3, 4, 1, 2][:FIRST_WINDOW]
+    assert d.draft(1, rows=1) == [3]
+    assert d.draft(0, rows=1) == []
+
+
+def test_window_grows_on_full_accepts_and_shrinks_on_rejection() -> None:
+    d = Drafter(list(range(10)) * 3, OPTS)
+    assert d.window == FIRST_WINDOW
+    d.verified(4, 4)
+    assert d.window == 8
+    d.verified(8, 8)
+    assert d.window == 8  # max_draft
+    d.verified(8, 3)
+    assert d.window == 3
+    d.verified(3, 0)
+    assert d.window == 1
+
+
+def test_drafts_only_where_they_pay_for_the_batch_size() -> None:
+    d = Drafter(list(range(10)) * 3, OPTS)
+    assert d.rate == PRIOR
+    assert d.draft(4, rows=1)  # 0.75 > 1/2
+    assert not d.draft(4, rows=8)  # 0.75 < 8/9: eight rows already do full work
+    for _ in range(5):
+        d.verified(4, 0)
+    assert d.rate < 0.5
+    assert not d.draft(4, rows=1)
+    # A sequence that stopped drafting drifts back and tries again later.
+    for _ in range(200):
+        if d.draft(4, rows=1):
+            break
+    else:
+        raise AssertionError("never drafted again")
+    cheap = Drafter(list(range(10)) * 3, Speculation(step_rows=1000))
+    assert cheap.draft(4, rows=8)
