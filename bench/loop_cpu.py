@@ -22,6 +22,7 @@ import collections
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -133,11 +134,14 @@ def main() -> None:
                  "--nonblocking", "--format", "raw", "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = thread_cpu(pid)
+        started = time.perf_counter()
         tokens = asyncio.run(drive(server.base_url, model, args.requests, args.clients))
+        wall = time.perf_counter() - started
         after = thread_cpu(pid)
         if spy is not None and spy.wait(timeout=args.py_spy + 60) != 0:
             raise RuntimeError("py-spy failed (did the requests end before it did?)")
-    print(f"{tokens} streamed tokens, {args.clients} client(s); the two busiest threads are "
+    print(f"{tokens} streamed tokens in {wall:.1f} s ({tokens / wall:.1f} tok/s), "
+          f"{args.clients} client(s); the two busiest threads are "
           "llama.cpp's (the engine thread and its OpenMP worker)")
     for tid, seconds in sorted(after.items(), key=lambda kv: -(kv[1] - before.get(kv[0], 0))):
         used = seconds - before.get(tid, 0.0)

@@ -7,7 +7,8 @@ sequence, sequences per step, and drafts on some sequences, as lokal's scheduler
 Every sequence first holds `context` tokens; each shape is then decoded `reps` times
 (interleaved with the other shapes, so the machine's drift spreads over all) and its new cells
 removed again. Prints the median milliseconds per shape and a least-squares fit
-step = fixed + per_row * rows.
+step = fixed + per_row * rows over the one-pass shapes (every sequence the same rows: llama.cpp
+splits a batch whose sequences differ into several passes over the weights).
 """
 
 from __future__ import annotations
@@ -75,10 +76,11 @@ def main() -> None:
     points: list[tuple[int, float]] = []
     for name, shape in SHAPES.items():
         ms = statistics.median(times[name]) * 1000
-        points.append((sum(shape), ms))
+        if len(set(shape)) == 1:
+            points.append((sum(shape), ms))
         print(f"{name:26s} {sum(shape):3d} rows  {ms:7.1f} ms")
     fit: Any = statistics.linear_regression([float(r) for r, _ in points], [t for _, t in points])
-    print(f"fit: {fit.intercept:.1f} ms + {fit.slope:.2f} ms per row "
+    print(f"fit over the one-pass shapes: {fit.intercept:.1f} ms + {fit.slope:.2f} ms per row "
           f"(step_rows ~ {fit.intercept / fit.slope:.2f})")
 
 
