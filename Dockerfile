@@ -12,6 +12,21 @@ ARG VLLM_VERSION=0.32.0
 ARG NVIDIA_ML_PY_VERSION=13.615.71
 # vLLM's multi-node backend (the chart's vllm.multiNode: a Ray head on the leader, workers join)
 ARG RAY_VERSION=2.60.0
+# Only to fetch the chat page's two libraries (pinned in server/ui/package-lock.json).
+ARG NODE_IMAGE=node:20.20.2-bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+# ui: the chat page's libraries (marked, DOMPurify) as `make ui` vendors them; both images
+# copy them, so that replies render as markdown however the build context was made.
+FROM ${NODE_IMAGE} AS ui
+WORKDIR /ui
+COPY server/ui/package.json server/ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund --ignore-scripts --omit=optional --loglevel=error \
+    && mkdir vendor \
+    && cp node_modules/marked/lib/marked.esm.js vendor/marked.esm.js \
+    && cp node_modules/marked/LICENSE vendor/marked.LICENSE \
+    && cp node_modules/dompurify/LICENSE vendor/purify.LICENSE \
+    && cp node_modules/dompurify/dist/purify.es.mjs vendor/purify.es.js
 
 # ---------------------------------------------------------------------------------------------
 # cpu-build: compiles llama-cpp-python once; only the finished venv goes to the runtime stage.
@@ -33,6 +48,7 @@ RUN python -m venv /opt/lokal
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY --from=ui /ui/vendor ./server/ui/vendor
 COPY backends ./backends
 COPY configs ./configs
 # Editable, so that the bundled configs/ (found next to the source) stay the default model.
@@ -90,6 +106,7 @@ RUN python3 -m venv /opt/lokal \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY --from=ui /ui/vendor ./server/ui/vendor
 COPY backends ./backends
 COPY configs ./configs
 # lokal's own dependencies except the llama.cpp engine's: llama-cpp-python (no compiler here,

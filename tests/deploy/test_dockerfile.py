@@ -79,10 +79,10 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_a_build_stage_and_two_runtime_targets() -> None:
     stages = _stages()
-    assert list(stages) == ["cpu-build", *TARGETS]
+    assert list(stages) == ["ui", "cpu-build", *TARGETS]
     copied_from = {v.split()[0].removeprefix("--from=") for s in stages.values()
                    for v in s.values("COPY") if v.startswith("--from=")}
-    assert copied_from == {"cpu-build"}  # the compiler stays in the build stage
+    assert copied_from == {"ui", "cpu-build"}  # the compiler and node stay in build stages
     cpu_runs = " ".join(stages["cpu"].values("RUN"))
     assert "build-essential" not in cpu_runs and "cmake" not in cpu_runs
     assert stages["cuda"].image.startswith("nvidia/cuda:")
@@ -166,4 +166,25 @@ def test_every_copied_path_is_in_the_build_context() -> None:
             *sources, _ = value.split()
             for source in sources:
                 assert (REPO / source).exists(), source
-                assert source.rstrip("/") in allowed, f"{source} is excluded by .dockerignore"
+                path = source.rstrip("/")
+                assert any(path == a or path.startswith(f"{a}/") for a in allowed), \
+                    f"{source} is excluded by .dockerignore"
+
+
+def test_both_images_get_the_chat_pages_libraries_as_make_ui_vendors_them() -> None:
+    """The ui stage runs `make ui`'s npm ci on the same lock file and copies the same files to
+    the same names; both targets take them, so the page renders markdown in every image."""
+    stages = _stages()
+    (run,) = stages["ui"].values("RUN")
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile[makefile.index("$(UI_VENDOR)/purify.es.js:"):]
+    recipe = recipe[:recipe.index("\n\n")]
+    made = re.findall(r"cp \$\(UI_NPM\)/node_modules/(\S+) \$(?:\(UI_VENDOR\)/(\S+)|@)", recipe)
+    copied = re.findall(r"cp node_modules/(\S+) vendor/(\S+)", run)
+    assert sorted((src, dest or "purify.es.js") for src, dest in made) == sorted(copied)
+    assert len(copied) == 4
+    for flag in ("npm ci", "--ignore-scripts", "--omit=optional"):
+        assert flag in run and flag in recipe
+    assert stages["ui"].values("COPY") == ["server/ui/package.json server/ui/package-lock.json ./"]
+    for target in ("cpu-build", "cuda"):
+        assert "--from=ui /ui/vendor ./server/ui/vendor" in stages[target].values("COPY")
