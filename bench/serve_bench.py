@@ -471,9 +471,9 @@ def parse_args() -> argparse.Namespace:
                         help="requests per client at each level (default 2)")
     parser.add_argument("--min-requests", type=int, default=4,
                         help="at least this many requests per level (default 4)")
-    parser.add_argument("--interleave", type=int, default=2,
+    parser.add_argument("--interleave", type=int, default=4,
                         help="runs of every level per server, servers in alternating order, "
-                             "pooled (default 2)")
+                             "pooled; ratios are also given round by round (default 4)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="chat",
                         help="chat: long stories (replies that do not copy); copy: replies "

@@ -3,6 +3,7 @@ sequence, sequences per step, and drafts on some sequences, as lokal's scheduler
 (one KV stream per slot, n_ubatch = n_batch). The basis of speculation.step_rows.
 
     .venv/bin/python bench/step_shapes.py [--reps 15] [--threads N] [--context 300]
+                                          [--flash-attn auto|on|off]
 
 Every sequence first holds `context` tokens; each shape is then decoded `reps` times
 (interleaved with the other shapes, so the machine's drift spreads over all) and its new cells
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--context", type=int, default=300)
+    parser.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
+                        help="llama.cpp's flash attention (lokal leaves it on auto)")
     args = parser.parse_args()
     import sys
     sys.path.insert(0, str(REPO))
@@ -49,6 +52,9 @@ def main() -> None:
     params.n_ctx, params.n_seq_max, params.kv_unified = 8 * 2048, 8, False
     params.n_batch = params.n_ubatch = 136
     params.n_threads = params.n_threads_batch = args.threads
+    params.flash_attn_type = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                              "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}[args.flash_attn]
     ctx = llama_cpp.llama_init_from_model(model, params)
     mem = llama_cpp.llama_get_memory(ctx)
     batch = llama_cpp.llama_batch_init(512, 0, 1)
