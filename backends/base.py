@@ -34,6 +34,8 @@ class ChatPrompt:
     messages: tuple[ChatMessage, ...]
     tools: tuple[Mapping[str, Any], ...] = ()
     add_generation_prompt: bool = True
+    continue_final: bool = False
+    """The model continues the final message (a prefilled reply) instead of starting a turn."""
 
 
 Prompt = TextPrompt | TokenPrompt | ChatPrompt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
@@ -15,6 +16,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from backends.base import ChatMessage
 from backends.errors import InvalidParameter
 from backends.tools import rewrite_for_generic
+
+# Stands in for the final message's text to find where a template puts it.
+_MARK = "\x00lokal-final-message\x00"
 
 # Used only when a model ships no template of its own; documented in the README.
 FALLBACK_TEMPLATE = (
@@ -100,7 +104,12 @@ class ChatTemplate:
         *,
         tools: Sequence[Mapping[str, Any]] = (),
         add_generation_prompt: bool = True,
+        continue_final: bool = False,
     ) -> str:
+        """With `continue_final` the text ends right after the final message's content (no
+        end-of-turn), so the model continues that message: a prefilled assistant reply."""
+        if continue_final:
+            return self._continue_final(messages, tools)
         if not self.supports_tools:
             messages = rewrite_for_generic(messages, tools)
             tools = ()
@@ -122,6 +131,28 @@ class ChatTemplate:
             raise InvalidParameter(
                 f"chat template could not render the messages: {exc}", param="messages"
             ) from exc
+
+    def _continue_final(self, messages: Sequence[ChatMessage],
+                        tools: Sequence[Mapping[str, Any]]) -> str:
+        if not messages or not messages[-1].content:
+            raise InvalidParameter("there is no final message text to continue",
+                                   param="messages")
+        content = messages[-1].content
+        full = self.render(messages, tools=tools, add_generation_prompt=False)
+        # Where the template puts the text, found with a marker: a bare search for the text
+        # would cut inside the end-of-turn tokens when the text also occurs there (e.g. "<").
+        marked = self.render([*messages[:-1], replace(messages[-1], content=_MARK)],
+                             tools=tools, add_generation_prompt=False)
+        at = marked.find(_MARK)
+        if at >= 0 and full.startswith(head := marked[:at] + content):
+            return head
+        # A template that branches on the text itself: cut after the text's last occurrence.
+        found = full.rfind(content)
+        if at < 0 or found < 0:
+            raise InvalidParameter(
+                "this model's chat template cannot continue a final assistant message: it "
+                "does not reproduce the message's text verbatim", param="messages")
+        return full[:found + len(content)]
 
 
 def template_source(configured: str | None,

@@ -1,6 +1,6 @@
-"""Anthropic Messages requests -> engine-neutral GenerationRequests: system and content blocks
-(text, tool_use, tool_result) as chat messages, tools and tool_choice through the shared tool
-plan, and a 400 in Anthropic's terms for what lokal cannot honour."""
+"""Anthropic Messages requests -> engine-neutral GenerationRequests: content blocks as chat
+messages, a final assistant message as a prefill the reply continues, tools through the shared
+tool plan, and a 400 in Anthropic's terms for what lokal cannot honour."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def _text_of(blocks: str | list[ContentBlock] | None, where: str) -> str:
         if block.type != "text" or block.text is None:
             raise _bad(f"{where}.{i}: content blocks of type '{block.type}' are not supported "
                        f"here; {TEXT_ONLY}")
+        if not block.text:
+            raise _bad(f"{where}.{i}: text content blocks must be non-empty")
         texts.append(block.text)
     return "".join(texts)
 
@@ -62,7 +64,9 @@ def _message(m: MessageParam, i: int) -> list[ChatMessage]:
     for j, block in enumerate(m.content):
         where = f"messages.{i}.content.{j}"
         if block.type == "text":
-            texts.append(block.text or "")
+            if not block.text:  # as Anthropic: an empty block is a client's bug, not a no-op
+                raise _bad(f"{where}: text content blocks must be non-empty")
+            texts.append(block.text)
         elif block.type == "tool_use" and m.role == "assistant":
             if not block.id or not block.name:
                 raise _bad(f"{where}: a tool_use block needs 'id' and 'name'")
@@ -91,6 +95,17 @@ def _message(m: MessageParam, i: int) -> list[ChatMessage]:
     return out
 
 
+def _check_prefill(final: ChatMessage, i: int) -> None:
+    """A final assistant message is a prefill the reply continues: text only, as on Anthropic,
+    and no trailing whitespace (a word's leading space belongs to its token, not the prefill's)."""
+    if final.tool_calls:
+        raise _bad(f"messages.{i}: a final assistant message with tool_use blocks cannot be "
+                   "continued; send the tool_result blocks in a user message after it")
+    text = final.content or ""
+    if text != text.rstrip():
+        raise _bad("messages: final assistant content cannot end with trailing whitespace")
+
+
 @dataclass(frozen=True, slots=True)
 class Translated:
     generation: GenerationRequest
@@ -105,8 +120,17 @@ def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -
     messages: list[ChatMessage] = []
     if body.system:
         messages.append(ChatMessage("system", _text_of(body.system, "system")))
+    last = len(body.messages) - 1
     for i, m in enumerate(body.messages):
+        if not m.content:
+            if i == last and m.role == "assistant":
+                continue  # an empty final assistant message prefills nothing, as on Anthropic
+            raise _bad(f"messages.{i}: all messages must have non-empty content except for "
+                       "the optional final assistant message")
         messages += _message(m, i)
+    prefilled = bool(body.messages[last].content) and body.messages[last].role == "assistant"
+    if prefilled:
+        _check_prefill(messages[-1], last)
     tools = []
     for i, tool in enumerate(body.tools or []):
         if tool.type not in (None, "custom"):
@@ -141,7 +165,7 @@ def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -
             stop=stops(body.stop_sequences))
     generation = GenerationRequest(
         request_id=request_id,
-        prompt=ChatPrompt(tuple(messages), tools=plan.tools),
+        prompt=ChatPrompt(tuple(messages), tools=plan.tools, continue_final=prefilled),
         sampling=sampling,
         constraint=limited(plan.constraint, limits),
     )

@@ -254,7 +254,8 @@ class LlamaCppBackend:
         if isinstance(prompt, ChatPrompt):
             assert self._template is not None
             text = self._template.render(prompt.messages, tools=prompt.tools,
-                                         add_generation_prompt=prompt.add_generation_prompt)
+                                         add_generation_prompt=prompt.add_generation_prompt,
+                                         continue_final=prompt.continue_final)
             add_bos = not (self._template.bos_token and text.startswith(self._template.bos_token))
         else:
             assert isinstance(prompt, TextPrompt)

@@ -169,7 +169,8 @@ class VllmBackend:
         if isinstance(prompt, ChatPrompt):
             assert self._template is not None
             text = self._template.render(prompt.messages, tools=prompt.tools,
-                                         add_generation_prompt=prompt.add_generation_prompt)
+                                         add_generation_prompt=prompt.add_generation_prompt,
+                                         continue_final=prompt.continue_final)
             # The template may already open with BOS; never add a second one.
             bos = self._template.bos_token
             return engine.tokenizer.encode(

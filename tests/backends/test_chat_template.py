@@ -104,3 +104,44 @@ def test_generic_tool_prompt_and_history_for_tool_unaware_template(smollm_templa
     assert ('<|im_start|>assistant\n<tool_call>{"name": "get_weather", '
             '"arguments": {"city": "Paris"}}</tool_call><|im_end|>') in out
     assert '<|im_start|>user\n<tool_response id="c1">\nsunny\n</tool_response>' in out
+
+
+ASK = ChatMessage("user", "Hi")
+
+
+def test_continue_final_ends_at_the_prefill(smollm_template: str) -> None:
+    template = ChatTemplate(smollm_template)
+    out = template.render([ASK, ChatMessage("assistant", "Hello! How")], continue_final=True)
+    # What a fresh turn would get, with the prefill after the generation prompt: no end of turn.
+    assert out == template.render([ASK]) + "Hello! How"
+
+
+def test_continue_final_is_not_fooled_by_text_in_the_end_of_turn() -> None:
+    # "<" also occurs in "<|im_end|>": a search for the text's last occurrence cuts there.
+    out = ChatTemplate(None).render([ASK, ChatMessage("assistant", "<")], continue_final=True)
+    assert out == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<"
+
+
+def test_continue_final_with_a_template_that_branches_on_the_text() -> None:
+    template = ChatTemplate("{% for m in messages %}{% if 'x' in m.content %}[{{ m.content }}]"
+                            "{% else %}({{ m.content }}){% endif %}{% endfor %}")
+    out = template.render([ASK, ChatMessage("assistant", "ax")], continue_final=True)
+    assert out == "(Hi)[ax"
+
+
+@pytest.mark.parametrize("source", [
+    "{% for m in messages %}{{ m.content | upper }};{% endfor %}",  # rewrites the text
+    "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}",
+])
+def test_continue_final_refused_when_the_template_does_not_keep_the_text(source: str) -> None:
+    with pytest.raises(InvalidParameter, match="cannot continue a final assistant message") \
+            as caught:
+        # The user's "Hello?" holds the text too: no cut in an earlier message either.
+        ChatTemplate(source).render([ChatMessage("user", "Hello?"),
+                                     ChatMessage("assistant", "Hello")], continue_final=True)
+    assert caught.value.param == "messages"
+
+
+def test_continue_final_needs_final_text() -> None:
+    with pytest.raises(InvalidParameter, match="no final message text"):
+        ChatTemplate(None).render([ASK, ChatMessage("assistant", None)], continue_final=True)

@@ -1,11 +1,13 @@
 """Anthropic's Messages API on the real model through the official `anthropic` SDK and raw
 SSE: bodies and every stream event validated against Anthropic's OpenAPI document; tools with
-a forced tool_choice and a tool_result round trip; count_tokens; stop sequences; refusals and
-errors in Anthropic's shape; a dropped stream frees the slot."""
+a forced tool_choice and a tool_result round trip; count_tokens; stop sequences; a prefilled
+final assistant message continued; refusals and errors in Anthropic's shape; a dropped stream
+frees the slot."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -148,6 +150,52 @@ def test_refusals_and_errors_in_anthropic_shape(server: Server,
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.create(model="no-such-model", max_tokens=8, messages=HELLO)
     assert missing.value.status_code == 404
+
+
+def test_a_final_assistant_message_is_continued(server: Server,
+                                                claude: anthropic.Anthropic) -> None:
+    full = claude.messages.create(model=MODEL, max_tokens=40, messages=HELLO, extra_body=GREEDY)
+    text = full.content[0].text
+    # Two words and no trailing whitespace: the next word's leading space is its own token's.
+    words = re.match(r"\s*\S+\s+\S+", text)
+    assert words, text
+    prefill = words.group(0)
+    ask = [*HELLO, {"role": "assistant", "content": prefill}]
+    rest = claude.messages.create(model=MODEL, max_tokens=40, messages=ask, extra_body=GREEDY)
+    # Greedy on the same tokens: the reply holds only what follows the prefill.
+    continued = prefill + rest.content[0].text
+    if full.stop_reason == "end_turn":
+        assert continued == text and rest.stop_reason == "end_turn"
+    else:  # the continuation had the prefill's tokens to spare
+        assert continued.startswith(text)
+    count = claude.messages.count_tokens(model=MODEL, messages=ask)
+    assert count.input_tokens == rest.usage.input_tokens > full.usage.input_tokens
+    events = _raw(server, {"model": MODEL, "max_tokens": 40, "messages": ask, "stream": True,
+                           "temperature": 0})
+    assert events[0][1]["message"]["usage"]["input_tokens"] == count.input_tokens
+    assert "".join(d["delta"]["text"] for n, d in events
+                   if n == "content_block_delta") == rest.content[0].text
+
+
+def test_empty_content_and_trailing_whitespace_are_a_400(server: Server,
+                                                         claude: anthropic.Anthropic) -> None:
+    cases: list[tuple[list[dict[str, Any]], str]] = [
+        ([{"role": "user", "content": []}], "non-empty content"),
+        ([*HELLO, {"role": "assistant", "content": []}, *HELLO], "non-empty content"),
+        ([{"role": "user", "content": ""}], "non-empty content"),
+        ([{"role": "user", "content": [{"type": "text", "text": ""}]}], "must be non-empty"),
+        ([*HELLO, {"role": "assistant", "content": "Hello "}], "trailing whitespace"),
+    ]
+    for messages, says in cases:
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            r = httpx.post(f"{server.base_url}{path}", timeout=60, json={
+                "model": MODEL, "max_tokens": 8, "messages": messages})
+            assert r.status_code == 400, (messages, r.text)
+            validate(r.json(), "ErrorResponse", vendor="anthropic")
+            assert r.json()["error"]["type"] == "invalid_request_error"
+            assert says in r.json()["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError, match="trailing whitespace"):
+        claude.messages.create(model=MODEL, max_tokens=8, messages=cases[-1][0])
 
 
 def test_a_dropped_stream_frees_the_slot(server: Server) -> None:

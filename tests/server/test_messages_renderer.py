@@ -125,3 +125,52 @@ def test_what_cannot_be_honoured_is_a_400(fields: dict[str, Any], says: str) -> 
     with pytest.raises(APIError, match=says) as caught:
         translate(_request(**fields), "r", SchemaLimits())
     assert caught.value.status == 400
+
+
+ASK = {"role": "user", "content": "Hi"}
+
+
+def _prompt(messages: list[dict[str, Any]]) -> ChatPrompt:
+    prompt = translate(_request(messages=messages), "r", SchemaLimits()).generation.prompt
+    assert isinstance(prompt, ChatPrompt)
+    return prompt
+
+
+@pytest.mark.parametrize("prefill", ["Hello! How", [{"type": "text", "text": "Hello! "},
+                                                     {"type": "text", "text": "How"}]])
+def test_a_final_assistant_message_is_continued(prefill: Any) -> None:
+    prompt = _prompt([ASK, {"role": "assistant", "content": prefill}])
+    assert prompt.continue_final
+    assert [(m.role, m.content) for m in prompt.messages] == [("user", "Hi"),
+                                                              ("assistant", "Hello! How")]
+    assert not _prompt([ASK]).continue_final
+
+
+@pytest.mark.parametrize("empty", ["", []])
+def test_an_empty_final_assistant_message_prefills_nothing(empty: Any) -> None:
+    prompt = _prompt([ASK, {"role": "assistant", "content": empty}])
+    assert not prompt.continue_final and [m.role for m in prompt.messages] == ["user"]
+
+
+@pytest.mark.parametrize(("messages", "says"), [
+    ([{"role": "user", "content": []}], "messages.0: all messages must have non-empty content"),
+    ([{"role": "user", "content": ""}], "messages.0: all messages must have non-empty content"),
+    ([ASK, {"role": "assistant", "content": []}, ASK],
+     "messages.1: all messages must have non-empty content"),
+    ([{"role": "user", "content": [{"type": "text", "text": ""}]}],
+     "messages.0.content.0: text content blocks must be non-empty"),
+    ([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                    "content": [{"type": "text", "text": ""}]}]}],
+     "text content blocks must be non-empty"),
+    ([ASK, {"role": "assistant", "content": "Hello "}], "cannot end with trailing whitespace"),
+    ([ASK, {"role": "assistant", "content": [{"type": "text", "text": "Hi\n"}]}],
+     "cannot end with trailing whitespace"),
+    ([ASK, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]}],
+     "tool_use blocks cannot be continued"),
+])
+def test_empty_content_and_unusable_prefills_are_a_400(messages: list[dict[str, Any]],
+                                                       says: str) -> None:
+    with pytest.raises(APIError, match=says) as caught:
+        translate(_request(messages=messages), "r", SchemaLimits())
+    assert caught.value.status == 400
