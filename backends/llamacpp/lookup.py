@@ -8,8 +8,9 @@ from backends.spec import Speculation
 # The first draft of a sequence: short, until its text shows that it copies.
 FIRST_WINDOW = 4
 # On a CPU a batch row costs about the same whether it decodes or checks a draft (llama.cpp
-# applies the weights row by row; bench/RESULTS.md: a step is ~3.5 ms + ~3.2 ms per row for
-# SmolLM2 on 2 cores), so a step's fixed part is about one row (Speculation.step_rows). A draft
+# applies the weights row by row; bench/step_shapes.py: one sequence's step 7.5 ms, each of its
+# first extra rows ~4.4 ms, SmolLM2 on 2 cores), so a step's fixed part is about one row
+# (Speculation.step_rows). A draft
 # token pays off when the chance it is taken beats rows / (rows + step_rows): ~0.5 for one
 # sequence decoding, ~0.9 for eight, where every row already does full work.
 # A sequence's acceptance estimate before its first draft, and how fast it follows drafts.
@@ -23,8 +24,7 @@ class Drafter:
     """The n-gram index of one sequence's tokens. `extend` adds tokens as they are accepted,
     `draft` proposes up to `limit` tokens. Costs one dict entry per token per n-gram size."""
 
-    __slots__ = ("_index", "_max", "_sizes", "_step_rows", "_tokens", "accepted", "drafted",
-                 "rate", "window")
+    __slots__ = ("_index", "_max", "_sizes", "_step_rows", "_tokens", "rate", "window")
 
     def __init__(self, tokens: list[int], options: Speculation) -> None:
         self._tokens: list[int] = []
@@ -37,8 +37,6 @@ class Drafter:
         """How many tokens to draft next: doubled by a draft taken whole, cut by a rejection."""
         self.rate = PRIOR
         """Estimated chance that a drafted token is taken (moving average over drafts)."""
-        self.drafted = 0
-        self.accepted = 0
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
@@ -74,8 +72,6 @@ class Drafter:
     def verified(self, drafted: int, accepted: int) -> None:
         """Adapt the window: a draft taken whole earns a longer one next time; a rejection
         shrinks it to what was taken (at least 1), so text that does not copy pays little."""
-        self.drafted += drafted
-        self.accepted += accepted
         self.rate += EMA * (accepted / drafted - self.rate)
         if accepted == drafted:
             self.window = min(self.window * 2, self._max)

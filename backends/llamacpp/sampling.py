@@ -14,6 +14,12 @@ from backends.base import SamplingParams
 PENALTY_WINDOW = 4096
 
 
+def logits_row(ctx: Any, batch_index: int, n_vocab: int) -> np.ndarray[Any, Any]:
+    """A writable view of one batch row's logits inside the llama.cpp context."""
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index),
+                                 shape=(n_vocab,))
+
+
 class SamplerChain:
     """Owns one `llama_sampler` chain. `sample` applies it and accepts the chosen token."""
 
@@ -63,9 +69,7 @@ class SamplerChain:
 
     def sample(self, ctx: Any, batch_index: int) -> int:
         if self._argmax:
-            row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index),
-                                        shape=(self._n_vocab,))
-            return int(np.argmax(row))
+            return int(np.argmax(logits_row(ctx, batch_index, self._n_vocab)))
         return int(llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index))
 
     def close(self) -> None:

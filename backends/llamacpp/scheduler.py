@@ -21,7 +21,7 @@ from backends.errors import Busy, EngineDown
 from backends.llamacpp.cache import Placement, PromptCache, Saved, Slot, SlotTable
 from backends.llamacpp.guidance import apply_mask
 from backends.llamacpp.lookup import Drafter
-from backends.llamacpp.sampling import SamplerChain
+from backends.llamacpp.sampling import SamplerChain, logits_row
 from backends.spec import Speculation
 from backends.stops import StopMatcher
 
@@ -437,8 +437,7 @@ class Scheduler:
 
     def _logits(self, batch_index: int) -> np.ndarray[Any, Any]:
         """A writable view of one batch row's logits inside the llama.cpp context."""
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, batch_index),
-                                     shape=(self._n_vocab,))
+        return logits_row(self._ctx, batch_index, self._n_vocab)
 
     def _log_softmax(self, batch_index: int) -> np.ndarray[Any, Any]:
         logits = self._logits(batch_index).astype(np.float64)
@@ -448,7 +447,7 @@ class Scheduler:
 
     def _token_logprob(self, token: int, logp: np.ndarray[Any, Any], top_n: int) -> TokenLogprob:
         def entry(t: int) -> tuple[str, tuple[int, ...], float]:
-            raw = bytes(self._model.detokenize([t]))
+            raw = self._piece(t)
             return raw.decode("utf-8", "replace"), tuple(raw), float(logp[t])
 
         top: tuple[TopLogprob, ...] = ()
@@ -484,10 +483,7 @@ class Scheduler:
             job.emit(Event(seq.index, error="the output constraint failed"))
             self._release(seq)
             return False
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._pieces[token] = bytes(self._model.detokenize([token]))
-        text = seq.stops.feed(seq.decoder.decode(piece))
+        text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
         if logp is not None and job.top_logprobs is not None:
             logprob = self._token_logprob(token, logp, job.top_logprobs)
             job.emit(Event(seq.index, text, self._take(seq, token), logprobs=(logprob,)))
@@ -505,6 +501,13 @@ class Scheduler:
         if seq.drafter is not None:
             seq.drafter.extend([token])
         return True
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes, from llama.cpp once per token id (at most the vocabulary)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._model.detokenize([token]))
+        return piece
 
     @staticmethod
     def _take(seq: _Seq, *tokens: int) -> tuple[int, ...]:
