@@ -68,23 +68,34 @@ class _Mailbox:
         with self._lock:
             wake = not self._items
             self._items.append((queue, event))
-        if wake:
+            closed = self._closed
+        if closed:  # the wake-up thread is gone (or going): drain from here, in order
+            self._schedule_drain()
+        elif wake:
             self._pending.set()
 
     def close(self) -> None:
-        self._closed = True
+        """Stops the wake-up thread once it has handed over what was posted before: stop()
+        posts each running request's final error and closes the mailbox right after."""
+        with self._lock:
+            self._closed = True
         self._pending.set()
 
     def _wake_loop(self) -> None:
         while True:
             self._pending.wait()
             self._pending.clear()
-            if self._closed:
+            with self._lock:
+                closed = self._closed
+            if not self._schedule_drain() or closed:
                 return
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                return
+
+    def _schedule_drain(self) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        return True
 
     def _drain(self) -> None:
         with self._lock:

@@ -49,3 +49,23 @@ def test_posting_to_a_closed_loop_does_not_raise() -> None:
     loop.close()
     box = _Mailbox(loop)
     box.post(asyncio.Queue(), Event(0, text="late"))
+
+
+def test_events_posted_just_before_close_still_arrive() -> None:
+    """stop() posts each running request's final error and closes the mailbox right after;
+    the wake-up thread used to see the close first and drop those events, leaving the
+    request waiting forever (seen in CI: test_stopping_an_engine_answers_its_running_request)."""
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        got = []
+        for round_ in range(200):
+            box = _Mailbox(loop)
+            queue: asyncio.Queue[Event] = asyncio.Queue()
+            box.post(queue, Event(0, text=f"last {round_}"))
+            box.close()
+            box.post(queue, Event(0, text="after close"))  # a straggler keeps its order
+            got.append((await asyncio.wait_for(queue.get(), 5)).text)
+            assert (await asyncio.wait_for(queue.get(), 5)).text == "after close"
+        return got
+
+    assert asyncio.run(main()) == [f"last {i}" for i in range(200)]
