@@ -57,17 +57,21 @@ def stable_reuse(common: int, n_prompt: int, chunk: int, tile: int = FA_TILE_ROW
     """How many of `common` cached leading tokens a prompt of `n_prompt` tokens can keep so
     that the tokens recomputed after them give exactly what a fresh evaluation gives.
 
-    A fresh evaluation feeds the prompt in chunks that end on multiples of `chunk`; a cached
-    one feeds [reuse, n_prompt) in chunks ending on the same multiples, so only the chunk that
-    holds token `reuse` is split differently. Its recomputed part must be on the same side of
+    A fresh evaluation feeds all but the last prompt token in chunks that end on multiples of
+    `chunk`, then the last token alone; a cached one feeds [reuse, n_prompt - 1) in chunks
+    ending on the same multiples, then the last token alone, so only the chunk that holds
+    token `reuse` is split differently. Its recomputed part must be on the same side of
     `tile` rows as the whole chunk was (widened back to `tile` tokens where it would be
     narrower), and be more than one token if the chunk was. Reuse is thus never more than
-    `tile` tokens short of the shared prefix (it used to be rounded down to whole chunks)."""
-    reuse = max(0, min(common, n_prompt - 1))
-    if reuse % chunk == 0:
+    `tile` tokens short of the shared prefix (it used to be rounded down to whole chunks),
+    and a repeated prompt (a regenerated reply, a retried request) keeps all but its last
+    token, which is all a fresh evaluation of it leaves to recompute."""
+    last = n_prompt - 1
+    reuse = max(0, min(common, last))
+    if reuse == last or reuse % chunk == 0:
         return reuse
     start = reuse // chunk * chunk
-    end = min(start + chunk, n_prompt)  # the fresh evaluation's chunk holding token `reuse`
+    end = min(start + chunk, last)  # the fresh evaluation's chunk holding token `reuse`
     fresh_rows = end - start
     if fresh_rows >= tile:
         return min(reuse, end - tile)

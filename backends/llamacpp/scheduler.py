@@ -347,9 +347,12 @@ class Scheduler:
             if not (seq.prefilling and seq.leader):
                 continue
             start = seq.n_past
-            # Chunks end on multiples of the budget: the same chunks as a fresh evaluation.
-            end = min(len(seq.job.prompt), (start // self._budget + 1) * self._budget,
-                      start + budget)
+            last = len(seq.job.prompt) - 1
+            # Chunks end on multiples of the budget and the last prompt token goes alone, a
+            # step later: the same chunks as a fresh evaluation, so that a repeated prompt
+            # keeps all its cached cells but the last token's (cache.stable_reuse).
+            end = last + 1 if start == last else min(
+                last, (start // self._budget + 1) * self._budget, start + budget)
             chunks[id(seq)] = (start, end)
             budget -= end - start
         # The batch lists sequences in slot order: with one KV stream per slot llama.cpp splits

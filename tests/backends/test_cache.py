@@ -19,17 +19,20 @@ CHUNK = 128
 
 
 def fresh_chunks(n_prompt: int, chunk: int = CHUNK) -> list[range]:
-    return [range(s, min(s + chunk, n_prompt)) for s in range(0, n_prompt, chunk)]
+    """How the scheduler feeds a fresh prompt: all but the last token in chunks ending on
+    multiples of `chunk`, then the last token alone."""
+    return cached_chunks(0, n_prompt, chunk)
 
 
 def cached_chunks(reuse: int, n_prompt: int, chunk: int = CHUNK) -> list[range]:
-    """How the scheduler feeds [reuse, n_prompt): chunks ending on multiples of `chunk`."""
+    """How the scheduler feeds [reuse, n_prompt): [reuse, n_prompt - 1) in chunks ending on
+    multiples of `chunk`, then the last token alone."""
     out, start = [], reuse
-    while start < n_prompt:
-        end = min(n_prompt, (start // chunk + 1) * chunk)
+    while start < n_prompt - 1:
+        end = min(n_prompt - 1, (start // chunk + 1) * chunk)
         out.append(range(start, end))
         start = end
-    return out
+    return [*out, range(n_prompt - 1, n_prompt)]
 
 
 def kind(rows: int) -> str:
@@ -56,10 +59,13 @@ def test_every_recomputed_token_takes_the_path_a_fresh_evaluation_gives_it(n_pro
 def test_reuse_keeps_more_than_whole_chunks() -> None:
     # A 38-token chat prompt sharing 31 tokens (template and system prompt) with a cached one.
     assert stable_reuse(31, 38, CHUNK) == 31
-    # Turn 2 of a conversation: 1,408 shared of 1,490; the last fresh chunk is tiled (82 rows).
-    assert stable_reuse(1480, 1490, CHUNK) == 1490 - FA_TILE_ROWS
-    # Reuse that would leave one token of a 22-row chunk alone recomputes two instead.
-    assert stable_reuse(149, 150, CHUNK) == 148
+    # Turn 2 of a conversation: 1,408 shared of 1,490; the last fresh chunk is tiled (81 rows, then the last token alone).
+    assert stable_reuse(1480, 1490, CHUNK) == 1489 - FA_TILE_ROWS
+    # Reuse that would leave one token of a 21-row chunk alone recomputes two instead.
+    assert stable_reuse(148, 150, CHUNK) == 147
+    # A repeated prompt keeps everything but its last token, computed alone either way.
+    assert stable_reuse(150, 150, CHUNK) == stable_reuse(149, 150, CHUNK) == 149
+    assert stable_reuse(1490, 1490, CHUNK) == 1489
     # Reuse landing early in a full chunk is widened back so that the rest stays tiled.
     assert stable_reuse(250, 400, CHUNK) == 256 - FA_TILE_ROWS
     assert stable_reuse(130, 400, CHUNK) == 130
@@ -73,7 +79,7 @@ def test_slot_table_prefers_the_slot_with_the_longest_usable_prefix() -> None:
     placement = table.place(prompt)
     assert placement.slot is table.slots[1] and placement.copy_from is None
     assert placement.reuse == stable_reuse(common_prefix(table.slots[1].tokens, prompt), 200,
-                                           CHUNK) == 200 - FA_TILE_ROWS
+                                           CHUNK) == 199 - FA_TILE_ROWS
 
 
 def test_a_busy_slot_holding_the_prefix_is_copied_when_that_saves_enough() -> None:

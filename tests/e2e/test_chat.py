@@ -262,6 +262,34 @@ def test_prefix_reused_mid_chunk_gives_the_fresh_text(client: openai.OpenAI) -> 
     assert again.choices[0].message.content == fresh.choices[0].message.content
 
 
+@pytest.mark.backends("llamacpp")
+def test_a_regenerated_reply_recomputes_only_the_last_prompt_token(client: openai.OpenAI) -> None:
+    """Asked again (regenerate, retry), a long prompt keeps every cached cell but its last
+    token's, the only one a fresh evaluation also computes alone, and gets the fresh
+    evaluation's log-probabilities bit for bit (the prompt's last chunk is tiled, 64+ rows)."""
+    system = "You are the regenerate test's narrator. " + "Think about the sea. " * 40
+
+    def ask() -> ChatCompletion:
+        return client.chat.completions.create(
+            model=MODEL, max_tokens=6, temperature=0, logprobs=True, top_logprobs=5,
+            messages=[{"role": "system", "content": system},
+                      {"role": "user", "content": "Write a story about a boat."}])
+
+    def logprobs(out: ChatCompletion) -> list[list[tuple[str, float]]]:
+        assert out.choices[0].logprobs is not None and out.choices[0].logprobs.content
+        return [[(t.token, t.logprob) for t in entry.top_logprobs]
+                for entry in out.choices[0].logprobs.content]
+
+    fresh, again = ask(), ask()
+    assert fresh.usage is not None and fresh.usage.prompt_tokens_details is not None
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert fresh.usage.prompt_tokens % 128 >= 64 + 1  # the last chunk is a tiled one
+    assert (fresh.usage.prompt_tokens_details.cached_tokens or 0) < 64  # nobody had the session
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert logprobs(again) == logprobs(fresh)
+    assert again.choices[0].message.content == fresh.choices[0].message.content
+
+
 def _ram_hit_tokens(http: httpx.Client) -> float:
     for line in http.get("/metrics").text.splitlines():
         if line.startswith(f'lokal_prompt_cache_ram_hit_tokens_total{{model="{MODEL}"}}'):
@@ -296,6 +324,6 @@ def test_a_prompt_evicted_from_every_slot_comes_back_from_ram(
         ask(topic)
     before = _ram_hit_tokens(http)
     again = ask(0)
-    assert cached[0] < 64 and cached[-1] >= prompt_tokens[-1] - 64
+    assert cached[0] < 64 and cached[-1] == prompt_tokens[-1] - 1
     assert _ram_hit_tokens(http) - before == cached[-1]  # restored from RAM, not a slot
     assert again == first  # bit-identical log-probabilities
