@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from backends.base import (
@@ -43,59 +44,86 @@ from backends.tool_calls import format_for_template
 logger = logging.getLogger(__name__)
 
 
+# libc's write() called with the GIL kept (PyDLL): see _Mailbox.
+_LIBC = ctypes.PyDLL(None)
+_LIBC.write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+_LIBC.write.restype = ctypes.c_ssize_t
+
+
 class _Mailbox:
     """Hands engine events to the event loop with one wake-up per burst instead of one per
     token: a step of 8 streams wakes the loop once, not 8 times.
 
-    The wake-up (a write to the loop's self-pipe) is made by a thread of its own: written by
-    the engine thread, the write released the GIL, the woken loop took it, and the engine
-    thread waited for the loop to finish handing out the step's events before it could start
-    the next decode (3-4% of its time, bench/loop_cpu.py --py-spy). Now the engine thread only
-    sets an event and goes on into llama_decode, which releases the GIL: the loop hands the
-    events out while the engine computes."""
+    The wake-up is one byte written to a pipe the loop watches, by the engine thread, with the
+    GIL kept: the loop wakes, waits the few microseconds until the engine thread enters
+    llama_decode (which releases the GIL), and hands the events out while the engine computes.
+    A write that released the GIL (os.write, call_soon_threadsafe) let the woken loop take it
+    and the engine thread wait for the loop to finish handing out the step's events (3-4% of
+    its time, bench/loop_cpu.py --py-spy); a thread of its own to make that write cost a
+    second wake-up per step (0.07 ms CPU per token at one stream)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
         self._items: list[tuple[asyncio.Queue[Event], Event]] = []
-        self._pending = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._wake_loop, name="lokal-mailbox",
-                                        daemon=True)
-        self._thread.start()
+        self._closed = loop.is_closed()
+        self._read_fd = self._write_fd = -1
+        if not self._closed:  # created on the loop's own thread (generate)
+            self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            loop.add_reader(self._read_fd, self._woken)
 
     def post(self, queue: asyncio.Queue[Event], event: Event) -> None:
         with self._lock:
             wake = not self._items
             self._items.append((queue, event))
-            closed = self._closed
-        if closed:  # the wake-up thread is gone (or going): drain from here, in order
-            self._schedule_drain()
-        elif wake:
-            self._pending.set()
+            if self._closed:  # the pipe is gone: drain from here, in order
+                self._schedule_drain()
+            elif wake:  # under the lock: close() cannot close the pipe meanwhile
+                _LIBC.write(self._write_fd, b"\0", 1)  # a full pipe is as good a wake-up
 
     def close(self) -> None:
-        """Stops the wake-up thread once it has handed over what was posted before: stop()
-        posts each running request's final error and closes the mailbox right after."""
+        """Stops watching the pipe, once what was posted before is handed over (stop() posts
+        each running request's final error, then closes the mailbox)."""
         with self._lock:
-            self._closed = True
-        self._pending.set()
-
-    def _wake_loop(self) -> None:
-        while True:
-            self._pending.wait()
-            self._pending.clear()
-            with self._lock:
-                closed = self._closed
-            if not self._schedule_drain() or closed:
+            if self._closed:
                 return
-
-    def _schedule_drain(self) -> bool:
+            self._closed = True
         try:
-            self.loop.call_soon_threadsafe(self._drain)
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._shut()
+        elif not self._schedule_drain(then=self._shut):  # the loop is closed: no listener
+            self._close_pipe()
+
+    def _woken(self) -> None:
+        try:
+            os.read(self._read_fd, 4096)
+        except BlockingIOError:
+            pass
+        self._drain()
+
+    def _schedule_drain(self, then: Callable[[], None] | None = None) -> bool:
+        def drain() -> None:
+            self._drain()
+            if then is not None:
+                then()
+
+        try:
+            self.loop.call_soon_threadsafe(drain)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             return False
         return True
+
+    def _shut(self) -> None:
+        self._drain()
+        self.loop.remove_reader(self._read_fd)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            os.close(fd)
 
     def _drain(self) -> None:
         with self._lock:

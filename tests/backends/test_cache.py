@@ -59,7 +59,8 @@ def test_every_recomputed_token_takes_the_path_a_fresh_evaluation_gives_it(n_pro
 def test_reuse_keeps_more_than_whole_chunks() -> None:
     # A 38-token chat prompt sharing 31 tokens (template and system prompt) with a cached one.
     assert stable_reuse(31, 38, CHUNK) == 31
-    # Turn 2 of a conversation: 1,408 shared of 1,490; the last fresh chunk is tiled (81 rows, then the last token alone).
+    # Turn 2 of a conversation: 1,408 shared of 1,490; the last fresh chunk is tiled (81 rows,
+    # then the last token alone).
     assert stable_reuse(1480, 1490, CHUNK) == 1489 - FA_TILE_ROWS
     # Reuse that would leave one token of a 21-row chunk alone recomputes two instead.
     assert stable_reuse(148, 150, CHUNK) == 147
