@@ -103,10 +103,11 @@ class Speculation(BaseModel):
     max_ngram: int = Field(default=5, ge=1, le=8,
                            description="longest n-gram of the latest tokens looked up")
     step_rows: float = Field(
-        default=1.0, ge=0.0, le=1e6,
+        default=0.7, ge=0.0, le=1e6,
         description="a decode step's fixed cost in batch rows: a sequence drafts while the "
         "chance its drafts are taken beats rows / (rows + step_rows), rows being the sequences "
-        "decoding. ~1 on a CPU (each row costs about a step's fixed part); higher where rows "
+        "decoding. ~0.7 on a CPU (bench/step_shapes.py: one sequence's step 5.6-7.5 ms, each "
+        "extra row 3.4-4.4 ms); higher where rows "
         "are nearly free (a GPU, a big model on many cores)")
 
     @model_validator(mode="after")

@@ -8,11 +8,11 @@ from backends.spec import Speculation
 # The first draft of a sequence: short, until its text shows that it copies.
 FIRST_WINDOW = 4
 # On a CPU a batch row costs about the same whether it decodes or checks a draft (llama.cpp
-# applies the weights row by row; bench/step_shapes.py: one sequence's step 7.5 ms, each of its
-# first extra rows ~4.4 ms, SmolLM2 on 2 cores), so a step's fixed part is about one row
-# (Speculation.step_rows). A draft
-# token pays off when the chance it is taken beats rows / (rows + step_rows): ~0.5 for one
-# sequence decoding, ~0.9 for eight, where every row already does full work.
+# applies the weights row by row; bench/step_shapes.py: one sequence's step 5.6 ms at 100 cells
+# and 7.5 ms at 300, each of its first extra rows 3.4 and 4.4 ms, SmolLM2 on 2 cores), so a
+# step's fixed part is about 0.7 of a row (Speculation.step_rows). A draft token pays off when
+# the chance it is taken beats rows / (rows + step_rows): ~0.6 for one sequence decoding, ~0.9
+# for eight, where every row already does full work.
 # A sequence's acceptance estimate before its first draft, and how fast it follows drafts.
 PRIOR = 0.75
 EMA = 0.3
