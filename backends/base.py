@@ -167,6 +167,9 @@ class EmbeddingRequest:
     inputs: tuple[TextPrompt | TokenPrompt, ...]
     dimensions: int | None = None
     """None: the model's native size. Engines refuse sizes the model was not trained for."""
+    truncate: bool = False
+    """An input longer than the model embeds in one piece keeps its first tokens (Ollama's
+    /api/embed default) instead of being refused."""
 
 
 @dataclass(frozen=True, slots=True)

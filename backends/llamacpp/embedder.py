@@ -112,7 +112,7 @@ class Embedder:
                 f"this model makes {self.n_embd}-dimensional embeddings and was not trained to "
                 f"shorten them (as Matryoshka models are), so 'dimensions' can only be "
                 f"{self.n_embd} or left out", param="dimensions")
-        token_lists = await asyncio.to_thread(self._tokenize, request.inputs)
+        token_lists = await asyncio.to_thread(self._tokenize, request.inputs, request.truncate)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Vector]] = [loop.create_future() for _ in token_lists]
         jobs = [EmbedJob(request.request_id, tokens, _resolver(loop, future))
@@ -125,7 +125,8 @@ class Embedder:
                 job.cancelled.set()
         return EmbeddingResult(tuple(vectors), sum(len(t) for t in token_lists))
 
-    def _tokenize(self, inputs: Sequence[TextPrompt | TokenPrompt]) -> list[list[int]]:
+    def _tokenize(self, inputs: Sequence[TextPrompt | TokenPrompt],
+                  truncate: bool = False) -> list[list[int]]:
         out = []
         for i, prompt in enumerate(inputs):
             if isinstance(prompt, TokenPrompt):
@@ -139,7 +140,9 @@ class Embedder:
             if not tokens:
                 raise InvalidParameter(f"input {i} is empty", param="input")
             if len(tokens) > self.max_input:
-                raise InputTooLong(i, len(tokens), self.max_input)
+                if not truncate:
+                    raise InputTooLong(i, len(tokens), self.max_input)
+                del tokens[self.max_input:]
             out.append(tokens)
         return out
 

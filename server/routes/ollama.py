@@ -131,8 +131,8 @@ async def ollama_generate(body: GenerateRequest, request: Request, pool: PoolDep
 
 
 async def _embed(request: Request, pool: ModelPool, model: str, request_id: str,
-                 inputs: list[str], dimensions: int | None,
-                 options: OllamaOptions | None) -> tuple[list[list[float]], int, Timing]:
+                 inputs: list[str], dimensions: int | None, options: OllamaOptions | None,
+                 truncate: bool = False) -> tuple[list[list[float]], int, Timing]:
     timing = _timing(request)
     sampling(options, pool.find(model).info.context_length)  # the same checks as generating
     if len(inputs) > MAX_INPUTS:
@@ -143,20 +143,21 @@ async def _embed(request: Request, pool: ModelPool, model: str, request_id: str,
         timing.load_ns = int((time.perf_counter() - timing.started) * 1e9)
         request.state.model = backend.info.id
         result = await cancel_on_disconnect(request, backend.embed(EmbeddingRequest(
-            request_id, tuple(TextPrompt(text) for text in inputs), dimensions)))
+            request_id, tuple(TextPrompt(text) for text in inputs), dimensions, truncate)))
     return [list(v) for v in result.vectors], result.prompt_tokens, timing
 
 
 @api.post("/embed")
 async def ollama_embed(body: EmbedRequest, request: Request, pool: PoolDep,
                        request_id: RequestIdDep) -> dict[str, Any]:
-    """Vectors are L2-normalised, as Ollama's are. lokal cannot shorten an input that is
-    too long for the model (truncate): such an input is a 400 either way."""
+    """Vectors are L2-normalised, as Ollama's are. An input too long for the model keeps its
+    first tokens, as Ollama's `truncate` (default true) does; with `truncate: false` it is a
+    400. prompt_eval_count counts the tokens embedded."""
     model = model_id(pool, body.model)
     _keep_alive(pool, model, body.keep_alive)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     vectors, tokens, timing = await _embed(request, pool, model, request_id, inputs,
-                                           body.dimensions, body.options)
+                                           body.dimensions, body.options, body.truncate)
     total = int((time.perf_counter() - timing.started) * 1e9)
     return {"model": body.model, "embeddings": vectors, "total_duration": total,
             "load_duration": timing.load_ns, "prompt_eval_count": tokens}

@@ -81,6 +81,22 @@ def test_list_show_ps_and_embed(api: ollama.Client) -> None:
     assert len(legacy.embedding) == len(embedded.embeddings[0])
 
 
+@pytest.mark.backends("llamacpp")
+def test_embed_truncates_a_long_input_as_ollama_does(api: ollama.Client) -> None:
+    """Ollama's /api/embed keeps the first tokens of an input too long for the model unless
+    `truncate` is false (then a 400): two long inputs that differ only past the limit get the
+    same vector, and prompt_eval_count counts what was embedded. OpenAI's endpoint refuses."""
+    body = "The quick brown fox jumps over the lazy dog. " * 400  # ~4,000 tokens; 2,048 fit
+    cut = api.embed(model=MODEL, input=[body + "Cats.", body + "A very different ending."])
+    assert cut.prompt_eval_count == 2 * 2048
+    assert cut.embeddings[0] == cut.embeddings[1]
+    short = api.embed(model=MODEL, input="The quick brown fox jumps over the lazy dog.")
+    assert short.embeddings[0] != cut.embeddings[0]
+    with pytest.raises(ollama.ResponseError) as refused:
+        api.embed(model=MODEL, input=body, truncate=False)
+    assert refused.value.status_code == 400 and "2048" in refused.value.error
+
+
 def test_errors_in_ollamas_shape(api: ollama.Client, http: httpx.Client) -> None:
     with pytest.raises(ollama.ResponseError) as unknown:
         api.chat(model="no-such-model", messages=HI)
