@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from server.errors import APIError
 
@@ -98,28 +98,26 @@ class ResponseStore:
         await self._run(put)
 
     async def get(self, response_id: str) -> dict[str, Any]:
-        def get(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT response FROM responses WHERE id = ?",
-                             (response_id,)).fetchone()
-            return None if row is None else str(row[0])
-
-        raw = await self._run(get)
-        if raw is None:
-            raise not_found(response_id)
-        stored: dict[str, Any] = json.loads(raw)
+        stored: dict[str, Any] = json.loads(await self._column(response_id, "response"))
         return stored
 
     async def input_items(self, response_id: str) -> list[dict[str, Any]]:
-        def items(db: sqlite3.Connection) -> str | None:
-            row = db.execute("SELECT input_items FROM responses WHERE id = ?",
+        stored: list[dict[str, Any]] = json.loads(await self._column(response_id,
+                                                                     "input_items"))
+        return stored
+
+    async def _column(self, response_id: str, column: Literal["response", "input_items"]) -> str:
+        """One stored response's JSON column; 404 if it is not stored."""
+        def read(db: sqlite3.Connection) -> str | None:
+            # `column` is one of two literals, never request input.
+            row = db.execute(f"SELECT {column} FROM responses WHERE id = ?",
                              (response_id,)).fetchone()
             return None if row is None else str(row[0])
 
-        raw = await self._run(items)
+        raw: str | None = await self._run(read)
         if raw is None:
             raise not_found(response_id)
-        stored: list[dict[str, Any]] = json.loads(raw)
-        return stored
+        return raw
 
     async def delete(self, response_id: str) -> None:
         def delete(db: sqlite3.Connection) -> int:
