@@ -35,8 +35,11 @@ def test_langchain_bind_tools_required(server: Server) -> None:
         """Current weather for a city."""
         return "sunny"
 
-    llm = _chat(server, max_tokens=80, seed=1)
-    bound = llm.bind_tools([get_weather], tool_choice="get_weather")  # type: ignore[attr-defined]
+    llm = _chat(server, max_tokens=80, temperature=0)
+    # strict: the schema closed (additionalProperties false), as OpenAI's strict mode has it; an
+    # open one lets a 135M model add made-up keys past any token budget.
+    bound = llm.bind_tools([get_weather], tool_choice="get_weather",  # type: ignore[attr-defined]
+                           strict=True)
     message = bound.invoke("What is the weather in Paris?")
     assert message.tool_calls, message
     call = message.tool_calls[0]
@@ -45,9 +48,10 @@ def test_langchain_bind_tools_required(server: Server) -> None:
 
 
 def test_langchain_with_structured_output(server: Server) -> None:
-    llm = _chat(server, max_tokens=80, seed=3)
+    llm = _chat(server, max_tokens=80, temperature=0)
     for method in ("json_schema", "function_calling"):
-        structured = llm.with_structured_output(Person, method=method)  # type: ignore[attr-defined]
+        structured = llm.with_structured_output(Person, method=method,  # type: ignore[attr-defined]
+                                                strict=True)
         person = structured.invoke("Describe a person.")
         assert isinstance(person, Person), (method, person)
         jsonschema.validate(person.model_dump(), Person.model_json_schema())
