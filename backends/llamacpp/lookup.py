@@ -13,8 +13,10 @@ FIRST_WINDOW = 4
 # step's fixed part is about 0.7 of a row (Speculation.step_rows). A draft token pays off when
 # the chance it is taken beats rows / (rows + step_rows): ~0.6 for one sequence decoding, ~0.9
 # for eight, where every row already does full work.
-# A sequence's acceptance estimate before its first draft, and how fast it follows drafts.
-PRIOR = 0.75
+# A sequence's acceptance estimate before anything was checked: below what drafting beside
+# even one other sequence asks for, so a sequence drafts once its own text has shown that it
+# copies (shadow drafts, checked for free), and how fast the estimate follows each check.
+PRIOR = 0.5
 EMA = 0.3
 # Token ids packed into one int per n-gram (vocabularies stay far below 2**24 ids).
 _BITS = 24
@@ -22,9 +24,15 @@ _BITS = 24
 
 class Drafter:
     """The n-gram index of one sequence's tokens. `extend` adds tokens as they are accepted,
-    `draft` proposes up to `limit` tokens. Costs one dict entry per token per n-gram size."""
+    `draft` proposes up to `limit` tokens. Costs one dict entry per token per n-gram size.
 
-    __slots__ = ("_index", "_max", "_sizes", "_step_rows", "_tokens", "rate", "window")
+    Where a draft would not pay, the proposal is kept as a shadow instead and checked against
+    the tokens that come next: the acceptance estimate and the window learn from it as from a
+    real draft, without a batch row spent. So text that does not copy is never drafted for,
+    and a sequence that starts copying gets drafts as soon as its shadows show it."""
+
+    __slots__ = ("_index", "_matched", "_max", "_shadow", "_sizes", "_step_rows", "_tokens",
+                 "rate", "window")
 
     def __init__(self, tokens: list[int], options: Speculation) -> None:
         self._tokens: list[int] = []
@@ -36,7 +44,10 @@ class Drafter:
         self.window = min(FIRST_WINDOW, options.max_draft)
         """How many tokens to draft next: doubled by a draft taken whole, cut by a rejection."""
         self.rate = PRIOR
-        """Estimated chance that a drafted token is taken (moving average over drafts)."""
+        """Estimated share of drafted tokens taken (moving average over drafts and shadows)."""
+        self._shadow: list[int] = []
+        """A draft not made, being checked against the tokens that follow."""
+        self._matched = 0
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
@@ -47,18 +58,32 @@ class Drafter:
             for n, index in zip(self._sizes, self._index, strict=True):
                 if end >= n:
                     index[_pack(seq, end - n, end)] = end
+            if self._shadow:
+                if token == self._shadow[self._matched]:
+                    self._matched += 1
+                    if self._matched == len(self._shadow):
+                        self.verified(len(self._shadow), self._matched)
+                else:
+                    self.verified(len(self._shadow), self._matched)
 
     def draft(self, limit: int, rows: int) -> list[int]:
         """Tokens following the latest earlier occurrence of the longest matching n-gram, if
-        drafting is worth it in a step of `rows` decoding sequences."""
+        drafting is worth it in a step of `rows` decoding sequences; otherwise none, and the
+        proposal becomes the shadow (unless one is still being checked)."""
         limit = min(limit, self.window)
         if limit <= 0:
             return []
-        if self.rate <= rows / (rows + self._step_rows):
-            # Not worth it at this batch size now; drift back towards the prior, so that a
-            # sequence that starts copying later, or a batch that empties, gets drafts again.
-            self.rate += 0.02 * (PRIOR - self.rate)
+        worth = self.rate > rows / (rows + self._step_rows)
+        if not worth and self._shadow:
             return []
+        proposal = self._lookup(limit)
+        if worth:
+            self._shadow = []
+            return proposal
+        self._shadow, self._matched = proposal, 0
+        return []
+
+    def _lookup(self, limit: int) -> list[int]:
         seq = self._tokens
         end = len(seq)
         for n, index in zip(reversed(self._sizes), reversed(self._index), strict=True):
@@ -70,8 +95,10 @@ class Drafter:
         return []
 
     def verified(self, drafted: int, accepted: int) -> None:
-        """Adapt the window: a draft taken whole earns a longer one next time; a rejection
-        shrinks it to what was taken (at least 1), so text that does not copy pays little."""
+        """Learn from a draft (or a shadow): the estimate follows the share taken; a draft
+        taken whole earns a longer one next time; a rejection shrinks it to what was taken (at
+        least 1), so text that does not copy pays little."""
+        self._shadow = []
         self.rate += EMA * (accepted / drafted - self.rate)
         if accepted == drafted:
             self.window = min(self.window * 2, self._max)
