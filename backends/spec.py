@@ -105,10 +105,10 @@ class Speculation(BaseModel):
     step_rows: float = Field(
         default=0.7, ge=0.0, le=1e6,
         description="a decode step's fixed cost in batch rows: a sequence drafts while the "
-        "chance its drafts are taken beats rows / (rows + step_rows), rows being the sequences "
-        "decoding. ~0.7 on a CPU (bench/step_shapes.py: one sequence's step 5.6-7.5 ms, each "
-        "extra row 3.4-4.4 ms); higher where rows "
-        "are nearly free (a GPU, a big model on many cores)")
+        "chance its drafts are taken beats 1.25 x rows / (rows + step_rows), rows being the "
+        "sequences decoding. ~0.7 on a CPU (bench/step_shapes.py: one sequence's step "
+        "5.6-7.5 ms, each extra row 3.4-4.4 ms); higher where rows are nearly free (a GPU, "
+        "a big model on many cores)")
 
     @model_validator(mode="after")
     def _ngram_range(self) -> Speculation:

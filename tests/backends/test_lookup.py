@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backends.llamacpp.lookup import FIRST_WINDOW, PRIOR, Drafter
+from backends.llamacpp.lookup import FIRST_WINDOW, MIN_RETURN, PRIOR, Drafter
 from backends.spec import Speculation
 
 # Rows free (step_rows huge): drafting always pays, so these tests see every proposal.
@@ -47,16 +47,20 @@ def test_window_grows_on_full_accepts_and_shrinks_on_rejection() -> None:
 
 
 def test_drafts_only_where_they_pay_and_learns_from_shadows_meanwhile() -> None:
-    copying = list(range(10)) * 3  # ...7, 8, 9: what follows 8, 9 is 0, 1, 2, 3
+    copying = list(range(10)) * 5  # what follows 8, 9 is 0, 1, 2, ...
+    bar = MIN_RETURN / (1 + CPU.step_rows)  # alone
     d = Drafter(copying, CPU)
-    assert d.rate == PRIOR < 1 / (1 + CPU.step_rows)
+    assert d.rate == PRIOR < bar
     # Not worth it yet, even alone: the proposal becomes a shadow, no row spent.
     assert d.draft(4, rows=1) == []
     assert d.draft(4, rows=1) == []  # one shadow at a time
     d.extend([0, 1, 2, 3])  # the text went on as the shadow said
-    assert d.rate > 1 / (1 + CPU.step_rows) and d.window == 8
-    assert d.draft(4, rows=1) == [4, 5, 6, 7]  # now drafted for real
-    assert d.draft(4, rows=8) == []  # 8/8.7 asks for more than the estimate
+    assert PRIOR < d.rate < bar and d.window == 8
+    assert d.draft(8, rows=1) == []
+    d.extend([4, 5, 6, 7, 8, 9, 0, 1])  # and again
+    assert d.rate > bar
+    assert d.draft(4, rows=1) == [2, 3, 4, 5]  # now drafted for real
+    assert d.draft(4, rows=2) == []  # beside another sequence it must be taken more often
     # Text that stops copying: shadows miss, the estimate falls, no real draft is made.
     d = Drafter(copying, CPU)
     for token in range(100, 130):
