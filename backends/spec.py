@@ -91,11 +91,16 @@ class Speculation(BaseModel):
     `max_draft` tokens copied from its own context (what followed the last time its latest
     n-gram occurred) and keeps the longest prefix the model agrees with. Output is the same as
     without it (every token is still sampled from the model, in order); it saves steps where
-    replies copy their input (edits, refactors, quotes of retrieved text)."""
+    replies copy their input (edits, refactors, quotes of retrieved text).
+
+    Off by default: on the 2-core CPU it was measured on (SmolLM2-135M, bench/RESULTS.md) a
+    draft row costs ~60% of a step and drafting never gained beyond the run-to-run spread,
+    while on chat it cost up to 5% in one run of four. Turn it on where a batch row is cheap
+    next to the step (a model large enough to be memory-bound, a GPU) and measure."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = False
     max_draft: int = Field(default=16, ge=1, le=48,
                            description="tokens drafted per sequence per step, at most")
     min_ngram: int = Field(default=3, ge=1, le=8,

@@ -492,7 +492,8 @@ def parse_args() -> argparse.Namespace:
                         help="measure this git commit of lokal instead of the work tree")
     parser.add_argument("--servers", default="lokal,llama-server,llama-cpp-python",
                         help="which servers, comma-separated, lokal first (default all three); "
-                             "also lokal-nospec (lokal without speculation) and "
+                             "also lokal-spec / lokal-nospec (lokal with speculation on / off) "
+                             "and "
                              "llama-server-spec (llama-server drafting from the context: "
                              "--spec-type ngram-simple with lokal's n-gram and draft sizes)")
     parser.add_argument("--build-jobs", type=int, default=2)
@@ -559,15 +560,20 @@ def main() -> int:
     def make_lokal(port: int) -> ServerProcess:
         return lokal_server(lokal_dir, config, port, log_dir / "lokal.log")
 
-    nospec_config = log_dir / "lokal-nospec.yaml"
-    data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    data["llamacpp"].setdefault("speculation", {})["enabled"] = False
-    nospec_config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    def speculation_variant(name: str, enabled: bool) -> Target:
+        """lokal with speculation switched on or off, the rest of its YAML as is."""
+        variant = log_dir / f"{name}.yaml"
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        data["llamacpp"].setdefault("speculation", {})["enabled"] = enabled
 
-    def make_lokal_nospec(port: int) -> ServerProcess:
-        server = lokal_server(lokal_dir, nospec_config, port, log_dir / "lokal-nospec.log")
-        server.name = "lokal-nospec"
-        return server
+        def make(port: int) -> ServerProcess:
+            variant.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            server = lokal_server(lokal_dir, variant, port, log_dir / f"{name}.log")
+            server.name = name
+            return server
+
+        return Target(name, make, f"lokal serve --config {variant.name} "
+                                  f"(as lokal, speculation.enabled {str(enabled).lower()})")
 
     # llama-server's prompt lookup (ngram-simple) with lokal's n-gram and draft length.
     spec_opts = spec.llamacpp.speculation
@@ -630,9 +636,8 @@ def main() -> int:
         "lokal": lokal_target,
         "llama-server": llama_server_target,
         "llama-server-spec": lambda: llama_server_target(spec=True),
-        "lokal-nospec": lambda: Target("lokal-nospec", make_lokal_nospec,
-                                       f"lokal serve --config {nospec_config.name} "
-                                       "(as lokal, speculation.enabled false)"),
+        "lokal-nospec": lambda: speculation_variant("lokal-nospec", False),
+        "lokal-spec": lambda: speculation_variant("lokal-spec", True),
         "llama-cpp-python": lambda: Target(
             "llama-cpp-python", make_llama_cpp_python,
             "python -m llama_cpp.server " + " ".join(llama_cpp_python_flags))}
