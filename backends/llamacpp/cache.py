@@ -53,25 +53,35 @@ class Placement:
     """KV saved in host RAM holding a longer prefix; its cells are restored into `slot`."""
 
 
+def last_token_alone(n_prompt: int, chunk: int, tile: int = FA_TILE_ROWS) -> bool:
+    """Whether a prompt's last token is fed alone, a step after the rest: where the prompt's
+    last chunk is a tiled one (`tile`+ rows), so that a repeated prompt can keep all its cells
+    but that token's instead of recomputing `tile` of them. A shorter last chunk keeps the
+    last token with it (the prompt's first token comes a step sooner; a repeat recomputes 2)."""
+    return n_prompt - (n_prompt - 1) // chunk * chunk >= tile
+
+
 def stable_reuse(common: int, n_prompt: int, chunk: int, tile: int = FA_TILE_ROWS) -> int:
     """How many of `common` cached leading tokens a prompt of `n_prompt` tokens can keep so
     that the tokens recomputed after them give exactly what a fresh evaluation gives.
 
-    A fresh evaluation feeds all but the last prompt token in chunks that end on multiples of
-    `chunk`, then the last token alone; a cached one feeds [reuse, n_prompt - 1) in chunks
-    ending on the same multiples, then the last token alone, so only the chunk that holds
+    A fresh evaluation feeds the prompt in chunks that end on multiples of `chunk`, the last
+    token alone where `last_token_alone`; a cached one feeds [reuse, n_prompt) in chunks ending
+    on the same multiples (and the last token alone likewise), so only the chunk that holds
     token `reuse` is split differently. Its recomputed part must be on the same side of
     `tile` rows as the whole chunk was (widened back to `tile` tokens where it would be
     narrower), and be more than one token if the chunk was. Reuse is thus never more than
     `tile` tokens short of the shared prefix (it used to be rounded down to whole chunks),
     and a repeated prompt (a regenerated reply, a retried request) keeps all but its last
-    token, which is all a fresh evaluation of it leaves to recompute."""
+    token where that goes alone, which is all a fresh evaluation of it leaves to recompute."""
     last = n_prompt - 1
+    alone = last_token_alone(n_prompt, chunk, tile)
     reuse = max(0, min(common, last))
-    if reuse == last or reuse % chunk == 0:
+    if (alone and reuse == last) or reuse % chunk == 0:
         return reuse
     start = reuse // chunk * chunk
-    end = min(start + chunk, last)  # the fresh evaluation's chunk holding token `reuse`
+    # The fresh evaluation's chunk holding token `reuse`.
+    end = min(start + chunk, last if alone else n_prompt)
     fresh_rows = end - start
     if fresh_rows >= tile:
         return min(reuse, end - tile)

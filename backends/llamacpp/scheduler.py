@@ -18,7 +18,14 @@ import numpy as np
 
 from backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
 from backends.errors import Busy, EngineDown
-from backends.llamacpp.cache import Placement, PromptCache, Saved, Slot, SlotTable
+from backends.llamacpp.cache import (
+    Placement,
+    PromptCache,
+    Saved,
+    Slot,
+    SlotTable,
+    last_token_alone,
+)
 from backends.llamacpp.guidance import apply_mask
 from backends.llamacpp.lookup import Drafter
 from backends.llamacpp.sampling import SamplerChain, logits_row
@@ -347,12 +354,13 @@ class Scheduler:
             if not (seq.prefilling and seq.leader):
                 continue
             start = seq.n_past
-            last = len(seq.job.prompt) - 1
-            # Chunks end on multiples of the budget and the last prompt token goes alone, a
-            # step later: the same chunks as a fresh evaluation, so that a repeated prompt
-            # keeps all its cached cells but the last token's (cache.stable_reuse).
-            end = last + 1 if start == last else min(
-                last, (start // self._budget + 1) * self._budget, start + budget)
+            n_prompt = len(seq.job.prompt)
+            # Chunks end on multiples of the budget, and a tiled last chunk leaves the last
+            # token to a step of its own: the same chunks as a fresh evaluation, so that a
+            # repeated prompt keeps all its cached cells but the last token's (cache.py).
+            chunked = n_prompt - 1 if last_token_alone(n_prompt, self._budget) else n_prompt
+            end = n_prompt if start >= chunked else min(
+                chunked, (start // self._budget + 1) * self._budget, start + budget)
             chunks[id(seq)] = (start, end)
             budget -= end - start
         # The batch lists sequences in slot order: with one KV stream per slot llama.cpp splits

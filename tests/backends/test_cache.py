@@ -12,6 +12,7 @@ from backends.llamacpp.cache import (
     SlotTable,
     common_prefix,
     copy_min_gain,
+    last_token_alone,
     stable_reuse,
 )
 
@@ -19,20 +20,20 @@ CHUNK = 128
 
 
 def fresh_chunks(n_prompt: int, chunk: int = CHUNK) -> list[range]:
-    """How the scheduler feeds a fresh prompt: all but the last token in chunks ending on
-    multiples of `chunk`, then the last token alone."""
+    """How the scheduler feeds a fresh prompt (see cached_chunks)."""
     return cached_chunks(0, n_prompt, chunk)
 
 
 def cached_chunks(reuse: int, n_prompt: int, chunk: int = CHUNK) -> list[range]:
-    """How the scheduler feeds [reuse, n_prompt): [reuse, n_prompt - 1) in chunks ending on
-    multiples of `chunk`, then the last token alone."""
+    """How the scheduler feeds [reuse, n_prompt): chunks ending on multiples of `chunk`, the
+    last token alone where the prompt's last chunk is tiled (last_token_alone)."""
+    chunked = n_prompt - 1 if last_token_alone(n_prompt, chunk) else n_prompt
     out, start = [], reuse
-    while start < n_prompt - 1:
-        end = min(n_prompt - 1, (start // chunk + 1) * chunk)
+    while start < chunked:
+        end = min(chunked, (start // chunk + 1) * chunk)
         out.append(range(start, end))
         start = end
-    return [*out, range(n_prompt - 1, n_prompt)]
+    return out if chunked == n_prompt else [*out, range(chunked, n_prompt)]
 
 
 def kind(rows: int) -> str:
@@ -62,10 +63,12 @@ def test_reuse_keeps_more_than_whole_chunks() -> None:
     # Turn 2 of a conversation: 1,408 shared of 1,490; the last fresh chunk is tiled (81 rows,
     # then the last token alone).
     assert stable_reuse(1480, 1490, CHUNK) == 1489 - FA_TILE_ROWS
-    # Reuse that would leave one token of a 21-row chunk alone recomputes two instead.
-    assert stable_reuse(148, 150, CHUNK) == 147
-    # A repeated prompt keeps everything but its last token, computed alone either way.
-    assert stable_reuse(150, 150, CHUNK) == stable_reuse(149, 150, CHUNK) == 149
+    # Reuse that would leave one token of a 22-row chunk alone recomputes two instead.
+    assert not last_token_alone(150, CHUNK)
+    assert stable_reuse(149, 150, CHUNK) == stable_reuse(150, 150, CHUNK) == 148
+    # A repeated prompt whose last chunk is tiled keeps everything but its last token, which
+    # is computed alone either way.
+    assert last_token_alone(1490, CHUNK) and last_token_alone(192, CHUNK)
     assert stable_reuse(1490, 1490, CHUNK) == 1489
     # Reuse landing early in a full chunk is widened back so that the rest stays tiled.
     assert stable_reuse(250, 400, CHUNK) == 256 - FA_TILE_ROWS

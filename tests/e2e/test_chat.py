@@ -283,7 +283,7 @@ def test_a_regenerated_reply_recomputes_only_the_last_prompt_token(client: opena
     fresh, again = ask(), ask()
     assert fresh.usage is not None and fresh.usage.prompt_tokens_details is not None
     assert again.usage is not None and again.usage.prompt_tokens_details is not None
-    assert fresh.usage.prompt_tokens % 128 >= 64 + 1  # the last chunk is a tiled one
+    assert fresh.usage.prompt_tokens % 128 >= 64  # the last chunk is a tiled one
     assert (fresh.usage.prompt_tokens_details.cached_tokens or 0) < 64  # nobody had the session
     assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
     assert logprobs(again) == logprobs(fresh)
@@ -324,6 +324,7 @@ def test_a_prompt_evicted_from_every_slot_comes_back_from_ram(
         ask(topic)
     before = _ram_hit_tokens(http)
     again = ask(0)
-    assert cached[0] < 64 and cached[-1] == prompt_tokens[-1] - 1
+    # All but the last token (tiled last chunk) or the last two (see cache.last_token_alone).
+    assert cached[0] < 64 and cached[-1] >= prompt_tokens[-1] - 2
     assert _ram_hit_tokens(http) - before == cached[-1]  # restored from RAM, not a slot
     assert again == first  # bit-identical log-probabilities
