@@ -565,9 +565,9 @@ def main() -> int:
         variant = log_dir / f"{name}.yaml"
         data = yaml.safe_load(config.read_text(encoding="utf-8"))
         data["llamacpp"].setdefault("speculation", {})["enabled"] = enabled
+        variant.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
         def make(port: int) -> ServerProcess:
-            variant.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
             server = lokal_server(lokal_dir, variant, port, log_dir / f"{name}.log")
             server.name = name
             return server

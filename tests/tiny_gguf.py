@@ -84,7 +84,7 @@ def write_tiny_gguf(path: Path, *, seed: int = 0) -> Path:
 
 
 @contextlib.contextmanager
-def tiny_backend(directory: Path, *, parallel: int, speculation: bool = True) -> Iterator[Any]:
+def tiny_backend(directory: Path, *, parallel: int) -> Iterator[Any]:
     """A started LlamaCppBackend over a fresh tiny GGUF in `directory`: 256 tokens of context
     per slot, `parallel` slots, one thread, 32 prompt tokens per step."""
     from backends.llamacpp.backend import LlamaCppBackend
@@ -93,8 +93,7 @@ def tiny_backend(directory: Path, *, parallel: int, speculation: bool = True) ->
     path = write_tiny_gguf(directory / "tiny.gguf")
     spec = ModelSpec.model_validate({
         "id": "tiny", "gguf": {"path": str(path)}, "context_length": 256,
-        "llamacpp": {"n_threads": 1, "parallel": parallel, "n_batch": 32,
-                     "speculation": {"enabled": speculation}}})
+        "llamacpp": {"n_threads": 1, "parallel": parallel, "n_batch": 32}})
     engine = LlamaCppBackend(spec, reason="test")
     asyncio.run(engine.start())
     try:

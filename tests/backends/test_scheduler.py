@@ -18,10 +18,7 @@ from tests.tiny_gguf import BOS, FIRST_BYTE, char_ids, tiny_backend
 
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[Scheduler]:
-    # Slot placement, copies and restores, with requests that must still be running when the
-    # next ones are admitted: the tiny model's looping replies would be drafted whole and end
-    # them in a few steps. Speculation has its own tests (tests/e2e/test_speculation.py).
-    with tiny_backend(tmp_path, parallel=4, speculation=False) as engine:
+    with tiny_backend(tmp_path, parallel=4) as engine:
         assert engine._scheduler is not None
         yield engine._scheduler
 
