@@ -9,9 +9,12 @@ requests per client, at least `--min-requests` per level). Every level runs `--i
 per server, alternating the order of the servers (A B C, C B A, ...), and the requests of those
 runs are pooled: the speed of this shared machine drifts by 10-20% over minutes, and
 interleaving spreads the drift over all servers instead of charging it to whichever ran during
-a slow spell. Then each server in turn is measured for prefix reuse: time to first token of turn
-2 of a ~1,500-token conversation right after turn 1 (warm), after one unrelated long prompt, and
-on a freshly started server (cold). llama-server is built once
+a slow spell. Each round starts every server afresh (--keep-servers: once for all rounds):
+one process start of the same binary runs 5-10% faster or slower than the next, so a server
+started once would carry that one draw through every round. Then each server in turn is
+measured for prefix reuse: time to first token of turn 2 of a ~1,500-token conversation right
+after turn 1 (warm), after one unrelated long prompt, and on a freshly started server (cold).
+llama-server is built once
 from the llama.cpp vendored in the llama-cpp-python sdist lokal runs on (bench/.cache).
 Prints aggregate completion tokens/s, time to first token and inter-token latency p50/p95 per
 server and lokal's ratios; writes JSON and Markdown under bench/out/.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import sys
@@ -314,57 +318,78 @@ def pooled(runs: list[Level]) -> Level:
 def measure_levels(targets: list[Target], model: str, args: argparse.Namespace,
                    deadline: float) -> dict[str, ServerResult]:
     """Every concurrency level on every server, `--interleave` times, alternating the order of
-    the servers, with all of them started (idle ones use no CPU) and each run pooled."""
+    the servers, each run pooled. By default every round starts every server afresh: the same
+    binary on the same machine runs 5-10% faster or slower from one process start to the next
+    (bench/RESULTS.md), so servers started once would carry one draw each through every
+    round. With --keep-servers they are started once, all at the same time (idle ones use no
+    CPU)."""
     results = {t.name: ServerResult(t.name, t.flags) for t in targets}
-    with ExitStack() as stack:
-        running: list[tuple[Target, ServerProcess]] = []
-        for target in targets:
-            wait_until_quiet(args.quiet_cores, args.quiet_wait)
-            server = stack.enter_context(target.make(free_port()).running())
-            if target.on_ready is not None:
-                target.on_ready(server.base_url)
-            result = results[target.name]
-            result.flags, result.started_in_s = target.flags, server.started_in_s
-            print(f"[{target.name}] ready in {server.started_in_s:.1f}s: {target.flags}",
-                  flush=True)
-            asyncio.run(one_chat(server.base_url, model, [{"role": "user", "content": "Hi."}], 8,
-                                 args.timeout))  # warm-up, not measured
-            running.append((target, server))
-        for clients in args.clients:
-            requests = max(clients * args.rounds, args.min_requests)
-            runs: dict[str, list[Level]] = {t.name: [] for t in targets}
-            for rep in range(args.interleave):
-                for target, server in running if rep % 2 == 0 else running[::-1]:
-                    def level_run(_attempt: int, server: ServerProcess = server,
-                                  clients: int = clients, requests: int = requests) -> tuple[
-                            Level, float]:
-                        meter = CpuMeter([pid for pid in (server.pid,) if pid is not None])
-                        level = asyncio.run(drive(server.base_url, model, clients, requests,
-                                                  args.max_tokens, args.timeout,
-                                                  args.level_timeout, args.workload))
-                        level.foreign_cores = meter.foreign_cores()
-                        cut_off = len(level.ttfts) < requests
-                        return level, float("inf") if cut_off else level.foreign_cores
+    runs: dict[int, dict[str, list[Level]]] = {c: {t.name: [] for t in targets}
+                                               for c in args.clients}
 
-                    label = f"{target.name} {clients} clients, run {rep + 1}"
-                    level = quietly(label, level_run, args, deadline)
-                    if level is None:
-                        continue
-                    runs[target.name].append(level)
-                    s = level.stats()
-                    print(f"[{target.name}] {clients:>2} clients, run {rep + 1}, {requests} "
-                          f"requests: {s['tps']:.1f} tok/s, TTFT p50 {s['ttft_p50_ms']:.0f} ms "
-                          f"p95 {s['ttft_p95_ms']:.0f} ms, ITL p50 {s['itl_p50_ms']:.1f} ms, "
-                          f"errors {len(level.errors)}, short {level.short}, "
-                          f"other load {level.foreign_cores:.2f} cores", flush=True)
-            for name, levels in runs.items():
-                if len(levels) < args.interleave:
-                    results[name].skipped.append(
-                        f"{clients} clients: {args.interleave - len(levels)} of "
-                        f"{args.interleave} runs (time budget spent)")
-                if levels:
-                    results[name].levels.append(pooled(levels))
-                    results[name].run_tps[clients] = [lv.tps for lv in levels]
+    def start(target: Target, stack: ExitStack) -> ServerProcess:
+        wait_until_quiet(args.quiet_cores, args.quiet_wait)
+        server = stack.enter_context(target.make(free_port()).running())
+        if target.on_ready is not None:
+            target.on_ready(server.base_url)
+        result = results[target.name]
+        result.flags = target.flags
+        if math.isnan(result.started_in_s):
+            result.started_in_s = server.started_in_s
+        print(f"[{target.name}] ready in {server.started_in_s:.1f}s: {target.flags}", flush=True)
+        asyncio.run(one_chat(server.base_url, model, [{"role": "user", "content": "Hi."}], 8,
+                             args.timeout))  # warm-up, not measured
+        return server
+
+    def run(target: Target, server: ServerProcess, clients: int, rep: int) -> None:
+        requests = max(clients * args.rounds, args.min_requests)
+
+        def level_run(_attempt: int) -> tuple[Level, float]:
+            meter = CpuMeter([pid for pid in (server.pid,) if pid is not None])
+            level = asyncio.run(drive(server.base_url, model, clients, requests,
+                                      args.max_tokens, args.timeout,
+                                      args.level_timeout, args.workload))
+            level.foreign_cores = meter.foreign_cores()
+            cut_off = len(level.ttfts) < requests
+            return level, float("inf") if cut_off else level.foreign_cores
+
+        level = quietly(f"{target.name} {clients} clients, run {rep + 1}", level_run, args,
+                        deadline)
+        if level is None:
+            return
+        runs[clients][target.name].append(level)
+        s = level.stats()
+        print(f"[{target.name}] {clients:>2} clients, run {rep + 1}, {requests} "
+              f"requests: {s['tps']:.1f} tok/s, TTFT p50 {s['ttft_p50_ms']:.0f} ms "
+              f"p95 {s['ttft_p95_ms']:.0f} ms, ITL p50 {s['itl_p50_ms']:.1f} ms, "
+              f"errors {len(level.errors)}, short {level.short}, "
+              f"other load {level.foreign_cores:.2f} cores", flush=True)
+
+    if args.keep_servers:
+        with ExitStack() as stack:
+            running = [(target, start(target, stack)) for target in targets]
+            for clients in args.clients:
+                for rep in range(args.interleave):
+                    for target, server in running if rep % 2 == 0 else running[::-1]:
+                        run(target, server, clients, rep)
+    else:
+        for rep in range(args.interleave):
+            for target in targets if rep % 2 == 0 else targets[::-1]:
+                if time.monotonic() > deadline:
+                    break
+                with ExitStack() as stack:
+                    server = start(target, stack)
+                    for clients in args.clients:
+                        run(target, server, clients, rep)
+    for clients, by_server in runs.items():
+        for name, levels in by_server.items():
+            if len(levels) < args.interleave:
+                results[name].skipped.append(
+                    f"{clients} clients: {args.interleave - len(levels)} of "
+                    f"{args.interleave} runs (time budget spent)")
+            if levels:
+                results[name].levels.append(pooled(levels))
+                results[name].run_tps[clients] = [lv.tps for lv in levels]
     return results
 
 
@@ -496,6 +521,9 @@ def parse_args() -> argparse.Namespace:
                              "and "
                              "llama-server-spec (llama-server drafting from the context: "
                              "--spec-type ngram-simple with lokal's n-gram and draft sizes)")
+    parser.add_argument("--keep-servers", action="store_true",
+                        help="start each server once for all rounds instead of afresh for "
+                             "every round (a process start moves a server's speed by 5-10%%)")
     parser.add_argument("--build-jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="per-request timeout in seconds (default 300)")
