@@ -51,34 +51,42 @@ _LIBC.write.restype = ctypes.c_ssize_t
 
 
 class _Mailbox:
-    """Hands engine events to the event loop with one wake-up per burst instead of one per
-    token: a step of 8 streams wakes the loop once, not 8 times.
+    """Hands engine events to the event loop with one wake-up per engine step instead of one
+    per token: a step of 8 streams wakes the loop once, not 8 times.
 
-    The wake-up is one byte written to a pipe the loop watches, by the engine thread, with the
-    GIL kept: the loop wakes, waits the few microseconds until the engine thread enters
-    llama_decode (which releases the GIL), and hands the events out while the engine computes.
-    A write that released the GIL (os.write, call_soon_threadsafe) let the woken loop take it
-    and the engine thread wait for the loop to finish handing out the step's events (3-4% of
-    its time, bench/loop_cpu.py --py-spy); a thread of its own to make that write cost a
-    second wake-up per step (0.07 ms CPU per token at one stream)."""
+    The engine thread posts a step's events as it samples them and calls `wake` right before
+    its next llama_decode: one byte written to a pipe the loop watches, with the GIL kept.
+    The loop wakes while the engine computes (llama_decode releases the GIL) and hands the
+    events out then. Waking it at the first event of a step instead let the loop take the GIL
+    at every later ctypes call of that step (each releases it) and hold it while it streamed
+    tokens out, with the engine thread waiting and its OpenMP partner spinning: ~1 ms of a
+    25 ms step at 8 streams (bench/RESULTS.md). A write that released the GIL (os.write,
+    call_soon_threadsafe) did the same for the write itself; a thread of its own to make that
+    write cost a second wake-up per step (0.07 ms CPU per token at one stream)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
         self._items: list[tuple[asyncio.Queue[Event], Event]] = []
         self._closed = loop.is_closed()
+        self._signalled = False  # a wake-up byte is on its way for the posted events
         self._read_fd = self._write_fd = -1
         if not self._closed:  # created on the loop's own thread (generate)
             self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             loop.add_reader(self._read_fd, self._woken)
 
     def post(self, queue: asyncio.Queue[Event], event: Event) -> None:
+        """Queue `event` for `queue`; it reaches the loop at the next `wake`."""
         with self._lock:
-            wake = not self._items
             self._items.append((queue, event))
             if self._closed:  # the pipe is gone: drain from here, in order
                 self._schedule_drain()
-            elif wake:  # under the lock: close() cannot close the pipe meanwhile
+
+    def wake(self) -> None:
+        """Have the loop hand out what was posted (the engine thread, before it computes)."""
+        with self._lock:
+            if self._items and not self._signalled and not self._closed:
+                self._signalled = True  # under the lock: close() cannot close the pipe
                 _LIBC.write(self._write_fd, b"\0", 1)  # a full pipe is as good a wake-up
 
     def close(self) -> None:
@@ -128,6 +136,7 @@ class _Mailbox:
     def _drain(self) -> None:
         with self._lock:
             items, self._items = self._items, []
+            self._signalled = False
         for queue, event in items:
             queue.put_nowait(event)
 
@@ -186,7 +195,8 @@ class LlamaCppBackend:
                                     prompt_budget=opts.n_batch, max_waiting=opts.max_waiting,
                                     copy_min_gain=copy_min_gain(self._spec.context_length),
                                     prompt_cache_bytes=opts.prompt_cache_mib * 2**20,
-                                    speculation=opts.speculation)
+                                    speculation=opts.speculation,
+                                    deliver=self._deliver)
         self._scheduler.start()
         self._info = dataclasses.replace(self._info, capabilities=dataclasses.replace(
             self._info.capabilities, fim=self._fim is not None,
@@ -228,6 +238,12 @@ class LlamaCppBackend:
         if self._spec.embeddings.enabled:
             self._embedder = Embedder(self._model, self._spec.embeddings, n_threads=threads,
                                       max_input=self._spec.context_length)
+
+    def _deliver(self) -> None:
+        """The scheduler's hook before it computes or waits: wake the loop for its events."""
+        mailbox = self._mailbox
+        if mailbox is not None:
+            mailbox.wake()
 
     def _token_text(self, token: int) -> str:
         if token < 0:

@@ -107,8 +107,12 @@ class Scheduler:
 
     def __init__(self, model: Any, ctx: Any, *, n_slots: int, prompt_budget: int,
                  max_waiting: int, copy_min_gain: int, prompt_cache_bytes: int = 0,
-                 speculation: Speculation | None = None) -> None:
+                 speculation: Speculation | None = None,
+                 deliver: Callable[[], None] | None = None) -> None:
         self._model = model
+        # Called before each llama_decode and before the engine thread waits or ends: jobs'
+        # `emit` may only queue events until then (the backend's mailbox does).
+        self._deliver = deliver or (lambda: None)
         self._ctx = ctx
         self._vocab = model.vocab
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
@@ -210,6 +214,7 @@ class Scheduler:
             while True:
                 with self._cond:
                     while not self._stopping and not self._active and not self._waiting:
+                        self._deliver()
                         self._cond.wait()
                     if self._stopping:
                         self._die_stopped()
@@ -231,6 +236,7 @@ class Scheduler:
         finally:
             for seq in self._active:
                 seq.sampler.close()
+            self._deliver()
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots, in arrival order (called with the lock held)."""
@@ -392,6 +398,7 @@ class Scheduler:
                 if end == len(prompt):
                     samples.append((seq, n - 1))
         batch.n_tokens = n
+        self._deliver()  # the last step's events go out while this one computes
         status = llama_cpp.llama_decode(self._ctx, batch)
         self._copy_sources.clear()  # pending stream copies are done by now
         if status != 0:
