@@ -57,13 +57,19 @@ def llama_cpp_source(version: str) -> Path:
 
 def llama_server_binary(version: str, jobs: int) -> Path:
     """bench/.cache/build-<version>/bin/llama-server, configured and built the first time."""
+    return llama_cpp_tool(version, jobs, "llama-server")
+
+
+def llama_cpp_tool(version: str, jobs: int, target: str) -> Path:
+    """bench/.cache/build-<version>/bin/<target> (llama-server, llama-batched-bench, ...) of
+    the vendored llama.cpp, configured and built the first time."""
     build = CACHE_DIR / f"build-{version}"
-    binary = build / "bin" / "llama-server"
+    binary = build / "bin" / target
     if binary.is_file():
         return binary
     source = llama_cpp_source(version)
     log = CACHE_DIR / "build.log"
-    print(f"building llama-server from {source} (once; ~10 min on 2 cores)", flush=True)
+    print(f"building {target} from {source} (once; ~10 min on 2 cores)", flush=True)
     started = time.perf_counter()
     # No network at build time: no curl, no OpenSSL, no prebuilt web UI download.
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
@@ -72,7 +78,7 @@ def llama_server_binary(version: str, jobs: int) -> Path:
                  "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                  "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                  "-DBUILD_SHARED_LIBS=OFF"], log, timeout_s=600)
-    _run_logged(["cmake", "--build", str(build), "--target", "llama-server", f"-j{jobs}"], log,
+    _run_logged(["cmake", "--build", str(build), "--target", target, f"-j{jobs}"], log,
                 timeout_s=5400)
     print(f"built {binary} in {time.perf_counter() - started:.0f}s", flush=True)
     return binary

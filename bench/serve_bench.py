@@ -678,6 +678,7 @@ def main() -> int:
             ServerResult(target.name, target.flags)
         found = levels[target.name]
         result.levels, result.skipped = found.levels, found.skipped + result.skipped
+        result.run_tps = found.run_tps
         result.started_in_s = found.started_in_s
         results.append(result)
     args.clients = clients
