@@ -48,7 +48,8 @@ def test_a_step_of_events_wakes_the_loop_once_and_keeps_their_order() -> None:
 def test_posted_events_wait_for_wake() -> None:
     """The loop is not woken while the engine thread is still sampling a step: woken at the
     first event, it took the GIL at each of the step's later ctypes calls and held it while it
-    streamed tokens out, and the engine waited (~1 ms of a 25 ms step at 8 streams)."""
+    streamed tokens out, and the engine thread waited (1.07 ms between decodes at 8 streams,
+    0.30 ms with the wake-up right before the decode)."""
     async def main() -> tuple[int, str]:
         box = _Mailbox(asyncio.get_running_loop())
         queue: asyncio.Queue[Event] = asyncio.Queue()
