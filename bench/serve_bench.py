@@ -315,6 +315,14 @@ def pooled(runs: list[Level]) -> Level:
                  foreign_cores=max(r.foreign_cores for r in runs))
 
 
+def describe(level: Level) -> str:
+    s = level.stats()
+    return (f"{s['tps']:.1f} tok/s, TTFT p50 {s['ttft_p50_ms']:.0f} ms "
+            f"p95 {s['ttft_p95_ms']:.0f} ms, ITL p50 {s['itl_p50_ms']:.1f} ms, "
+            f"errors {len(level.errors)}, short {level.short}, "
+            f"other load {level.foreign_cores:.2f} cores")
+
+
 def measure_levels(targets: list[Target], model: str, args: argparse.Namespace,
                    deadline: float) -> dict[str, ServerResult]:
     """Every concurrency level on every server, `--interleave` times, alternating the order of
@@ -358,12 +366,8 @@ def measure_levels(targets: list[Target], model: str, args: argparse.Namespace,
         if level is None:
             return
         runs[clients][target.name].append(level)
-        s = level.stats()
-        print(f"[{target.name}] {clients:>2} clients, run {rep + 1}, {requests} "
-              f"requests: {s['tps']:.1f} tok/s, TTFT p50 {s['ttft_p50_ms']:.0f} ms "
-              f"p95 {s['ttft_p95_ms']:.0f} ms, ITL p50 {s['itl_p50_ms']:.1f} ms, "
-              f"errors {len(level.errors)}, short {level.short}, "
-              f"other load {level.foreign_cores:.2f} cores", flush=True)
+        print(f"[{target.name}] {clients:>2} clients, run {rep + 1}, {requests} requests: "
+              f"{describe(level)}", flush=True)
 
     if args.keep_servers:
         with ExitStack() as stack:
@@ -427,12 +431,8 @@ def measure(target: Target, model: str, args: argparse.Namespace,
                 result.skipped.append(f"{clients} clients (time budget spent)")
                 continue
             result.levels.append(level)
-            s = level.stats()
             print(f"[{target.name}] {clients:>2} clients, {requests} requests: "
-                  f"{s['tps']:.1f} tok/s, TTFT p50 {s['ttft_p50_ms']:.0f} ms "
-                  f"p95 {s['ttft_p95_ms']:.0f} ms, ITL p50 {s['itl_p50_ms']:.1f} ms, "
-                  f"errors {len(level.errors)}, short {level.short}, "
-                  f"other load {level.foreign_cores:.2f} cores", flush=True)
+                  f"{describe(level)}", flush=True)
         for rep in range(args.prefix_reps):
             def rep_run(attempt: int, rep: int = rep) -> tuple[
                     tuple[PrefixRep, list[dict[str, str]]], float]:
