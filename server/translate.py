@@ -162,12 +162,18 @@ def tool_plan(tools: Sequence[Mapping[str, Any]], choice: ToolChoice | None, *,
         raise APIError(400, f"Invalid '{choice_param}': no tool named '{choice.name}' in "
                        f"'{param}'.", param=choice_param, code="invalid_value")
     forced = choice is not None and choice.mode == "required"
-    constraint = None
     if forced:
         assert choice is not None
         only = choice.name
         constraint = Constraint(kind="tool_calls", schema=tool_call_schema(
             list(tools), only=only, parallel=parallel and only is None))
+    else:
+        # Auto: the model may answer in text; a call it begins is held to its tool's schema.
+        # Best effort unless a tool asks for strict enforcement.
+        strict = any(t["function"].get("strict") for t in tools)
+        constraint = Constraint(kind="tool_calls", schema=tool_call_schema(
+            list(tools), parallel=False), lazy=True, names=frozenset(names),
+            best_effort=not strict)
     return ToolPlan(tuple(tools), ToolMode(frozenset(names), forced=forced), constraint)
 
 
@@ -270,10 +276,19 @@ def chat_request(body: ChatCompletionRequest, request_id: str,
     )
 
 
-def limited(constraint: Constraint | None, limits: SchemaLimits) -> Constraint | None:
+def limited(constraint: Constraint | None, limits: SchemaLimits,
+            param: str | None = None) -> Constraint | None:
+    """`constraint` within the schema limits: a 400 when it is over them, except a best-effort
+    tool constraint (tool_choice auto, nothing strict), which is then dropped: the request
+    did not ask for enforcement and gets what it got before lazy calls existed."""
     if constraint is not None and constraint.schema is not None:
-        param = "tools" if constraint.kind == "tool_calls" else "response_format"
-        check_schema(constraint.schema, param, limits)
+        param = param or ("tools" if constraint.kind == "tool_calls" else "response_format")
+        try:
+            check_schema(constraint.schema, param, limits)
+        except APIError:
+            if constraint.best_effort:
+                return None
+            raise
     return constraint
 
 

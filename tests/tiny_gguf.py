@@ -19,8 +19,10 @@ N_EMBD, N_HEAD, N_LAYER, N_FF = 64, 4, 2, 128
 
 
 def char_ids(text: str) -> list[int]:
-    """What this vocabulary's tokenizer makes of plain ASCII text: one token per character."""
-    return [FIRST_CHAR + CHARS.index("▁" if ch == " " else ch) for ch in text]
+    """What this vocabulary's tokenizer makes of plain ASCII text: one token per character
+    (a control character such as a newline is its byte-fallback token)."""
+    return [FIRST_CHAR + CHARS.index("▁" if ch == " " else ch) if ch == " " or ch in CHARS
+            else FIRST_BYTE + ord(ch) for ch in text]
 
 
 def write_tiny_gguf(path: Path, *, seed: int = 0) -> Path:

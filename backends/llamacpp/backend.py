@@ -36,10 +36,10 @@ from backends.errors import (
 )
 from backends.llamacpp.cache import copy_min_gain
 from backends.llamacpp.embedder import Embedder
-from backends.llamacpp.guidance import Guidance
+from backends.llamacpp.guidance import Guidance, LazyCall
 from backends.llamacpp.scheduler import Event, Job, Scheduler
 from backends.spec import ModelSpec
-from backends.tool_calls import format_for_template
+from backends.tool_calls import CallTrigger, format_for_template
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,10 @@ class LlamaCppBackend:
         if mailbox is not None:
             mailbox.wake()
 
+    def _tokenize_text(self, text: str) -> list[int]:
+        """Plain text as tokens (no BOS, markers as text): to prime a matcher with it."""
+        return list(self._model.tokenize(text.encode("utf-8"), False, False))
+
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -403,14 +407,19 @@ class LlamaCppBackend:
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
         matchers: list[Any] = []
-        if request.constraint is not None:
+        lazy: list[LazyCall] = []
+        constraint = request.constraint
+        if constraint is not None:
             # Compiled here, so that a constraint that cannot be enforced is a 400 now rather
             # than a failure inside the engine thread.
             assert self._guidance is not None
-            matchers = await asyncio.to_thread(self._guidance.matchers, request.constraint,
-                                               request.n)
+            matchers = await asyncio.to_thread(self._guidance.matchers, constraint, request.n)
+            if constraint.lazy:
+                lazy = [LazyCall(m, CallTrigger(self._info.tool_format, constraint.names),
+                                 self._tokenize_text) for m in matchers]
+                matchers = []
         job = Job(request.request_id, prompt, request.sampling, max_tokens, seed, request.n,
-                  emit, matchers=matchers,
+                  emit, matchers=matchers, lazy=lazy,
                   top_logprobs=None if request.logprobs is None else request.logprobs.top_n)
         scheduler.submit(job)
         try:

@@ -8,10 +8,12 @@ llguidance is the engine vLLM, SGLang and llama.cpp (LLAMA_LLGUIDANCE) use; its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import llama_cpp
@@ -19,7 +21,11 @@ import numpy as np
 
 from backends.base import Constraint
 from backends.errors import InvalidParameter
+from backends.json_schema import CALL_WHITESPACE, JSON_WHITESPACE, closed
 from backends.spec import GrammarLimits
+from backends.tool_calls import CallTrigger
+
+logger = logging.getLogger(__name__)
 
 
 def _parser_limits(limits: GrammarLimits) -> Any:
@@ -29,9 +35,10 @@ def _parser_limits(limits: GrammarLimits) -> Any:
     return llguidance.LLParserLimits(**limits.model_dump(), verbose_errors=False)
 
 
-# Whitespace between JSON tokens: flexible as models write it, but bounded, so that a model
-# cannot spend its whole max_tokens on blank lines inside a constrained object.
-JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": JSON_WHITESPACE}
+CALL_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": CALL_WHITESPACE}
+# What may come between a call's opener and its object (`<tool_call>` then a newline).
+_CALL_LEAD = r"/[\x20\x0A]{0,2}/"
 _UNIMPLEMENTED = re.compile(r'Unimplemented keys: \[(.*?)\]')
 # Where JSON Schema puts maps of names to subschemas: their keys are names, not keywords.
 _NAME_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
@@ -114,7 +121,11 @@ class Guidance:
         if schema is None:
             raise InvalidParameter("a JSON schema is required", param=_param(constraint))
         try:
-            return str(LLMatcher.grammar_from_json_schema(json.dumps(schema),
+            if constraint.lazy:  # the call object, after what may follow its opener
+                call = json.dumps({**closed(schema), "x-guidance": CALL_OPTIONS})
+                return str(LLMatcher.grammar_from_lark(
+                    f"start: {_CALL_LEAD} call\ncall: %json {call}"))
+            return str(LLMatcher.grammar_from_json_schema(json.dumps(closed(schema)),
                                                           overrides=JSON_OPTIONS))  # type: ignore[arg-type]
         except (ValueError, TypeError) as exc:
             raise InvalidParameter(f"The JSON schema is not valid: {exc}",
@@ -122,22 +133,102 @@ class Guidance:
 
     def matchers(self, constraint: Constraint, n: int) -> list[Any]:
         """`n` fresh matchers for `constraint`, or InvalidParameter (400) when it cannot be
-        enforced, exceeds the limits, or admits no output at all. Slow (call off the loop)."""
+        enforced, exceeds the limits, or admits no output at all. A best-effort constraint
+        gives the tools it cannot enforce any object as arguments instead. Slow (call off
+        the loop)."""
+        try:
+            matcher = self._matcher(constraint)
+        except InvalidParameter:
+            if not constraint.best_effort:
+                raise
+            matcher = self._matcher(self._loosened(constraint))
+        return [matcher, *(matcher.deep_copy() for _ in range(n - 1))]
+
+    def _matcher(self, constraint: Constraint) -> Any:
         from llguidance import LLMatcher
 
         tokenizer = self.tokenizer()
-        grammar = self.grammar(constraint)
         limits = self._limits
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer,
-                                                                      limits=limits)
-        if is_error:
-            raise _refusal(constraint, messages[0] if messages else "invalid grammar")
+        grammar = self.grammar(constraint)
+        checks = [grammar]
+        schema = constraint.schema
+        if schema is not None and "oneOf" in json.dumps(schema) and closed(schema) != schema:
+            # Closed branches may look disjoint where the sent ones overlap: exactly one must
+            # match the schema as sent, so that one must compile (be proven disjoint) too.
+            checks.append(self._as_sent(constraint))
+        for text in checks:
+            is_error, messages = LLMatcher.validate_grammar_with_warnings(text, tokenizer,
+                                                                          limits=limits)
+            if is_error:
+                raise _refusal(constraint, messages[0] if messages else "invalid grammar")
         matcher = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
         if not matcher.is_error():
             matcher.compute_bitmask()  # the first step: a schema nothing satisfies fails here
         if matcher.is_error():
             raise _refusal(constraint, matcher.get_error().splitlines()[0])
-        return [matcher, *(matcher.deep_copy() for _ in range(n - 1))]
+        return matcher
+
+    @staticmethod
+    def _as_sent(constraint: Constraint) -> str:
+        """The grammar of the schema exactly as sent (not closed)."""
+        from llguidance import LLMatcher
+
+        return str(LLMatcher.grammar_from_json_schema(json.dumps(constraint.schema),
+                                                      overrides=JSON_OPTIONS))  # type: ignore[arg-type]
+
+    def _loosened(self, constraint: Constraint) -> Constraint:
+        """`constraint` with any object as the arguments of each tool it cannot enforce."""
+        assert constraint.schema is not None
+        schema = dict(constraint.schema)
+        calls = list(schema["anyOf"]) if "anyOf" in schema else [schema]
+        kept = []
+        for call in calls:
+            try:
+                self._matcher(dataclasses.replace(constraint, schema=call, best_effort=False))
+            except InvalidParameter:
+                name = call["properties"]["name"]
+                logger.info("tool %s: its schema cannot be enforced; its calls' arguments are "
+                            "only held to be a JSON object", json.dumps(name)[:80])
+                call = {**call, "properties": {"name": name, "arguments": {"type": "object"}}}
+            kept.append(call)
+        loose = kept[0] if len(kept) == 1 else {"anyOf": kept}
+        return dataclasses.replace(constraint, schema=loose, best_effort=False)
+
+
+class LazyCall:
+    """One choice's tool calls in auto mode: the text is free until the model begins a call,
+    which is then held to the offered tools' schemas until it closes."""
+
+    def __init__(self, prototype: Any, trigger: CallTrigger,
+                 tokenize: Callable[[str], list[int]]) -> None:
+        self._prototype = prototype
+        self._trigger: CallTrigger | None = trigger
+        self._tokenize = tokenize
+
+    def begun(self, text: str) -> Any | None:
+        """Feed the text just generated; a matcher, primed with the call's text so far, once
+        that text begins a call."""
+        if self._trigger is None:
+            return None
+        call = self._trigger.feed(text)
+        if call is None:
+            return None
+        matcher = self._prototype.deep_copy()
+        if not matcher.consume_tokens(self._tokenize(call)) or matcher.is_error():
+            # The model began the call in a way the grammar does not take (odd spacing): the
+            # rest of this reply is left free rather than forced off its course.
+            logger.info("a tool call began outside the call grammar; left unconstrained")
+            self._trigger = None
+            return None
+        if matcher.is_accepting():
+            self._trigger.closed()
+            return None
+        return matcher
+
+    def closed(self) -> None:
+        """The call's matcher accepted: look for the next call."""
+        if self._trigger is not None:
+            self._trigger.closed()
 
 
 def apply_mask(matcher: Any, logits: np.ndarray[Any, Any]) -> None:

@@ -26,7 +26,7 @@ from backends.llamacpp.cache import (
     SlotTable,
     last_token_alone,
 )
-from backends.llamacpp.guidance import apply_mask
+from backends.llamacpp.guidance import LazyCall, apply_mask
 from backends.llamacpp.lookup import Drafter
 from backends.llamacpp.sampling import SamplerChain, logits_row
 from backends.spec import Speculation
@@ -71,6 +71,8 @@ class Job:
     emit: Callable[[Event], None]
     matchers: list[Any] = field(default_factory=list)
     """One llguidance matcher per choice when the output is constrained."""
+    lazy: list[LazyCall] = field(default_factory=list)
+    """One per choice when only the tool calls the model begins are constrained."""
     top_logprobs: int | None = None
     """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely."""
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -84,7 +86,8 @@ class _Seq:
     slot: Slot
     sampler: SamplerChain
     matcher: Any
-    """The constraint's llguidance matcher, or None."""
+    """The constraint's llguidance matcher, or None (with `lazy`: while no call is open)."""
+    lazy: LazyCall | None
     reuse: int
     n_past: int
     prefilling: bool
@@ -288,6 +291,7 @@ class Scheduler:
                 job=job, index=index, slot=slot,
                 sampler=samplers[index],
                 matcher=job.matchers[index] if job.matchers else None,
+                lazy=job.lazy[index] if job.lazy else None,
                 reuse=placement.reuse, n_past=placement.reuse, prefilling=True,
                 leader=index == 0,
             )
@@ -501,7 +505,14 @@ class Scheduler:
             job.emit(Event(seq.index, error="the output constraint failed"))
             self._release(seq)
             return False
-        text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
+        piece = seq.decoder.decode(self._piece(token))
+        if seq.lazy is not None:
+            if seq.matcher is None:
+                seq.matcher = seq.lazy.begun(piece)
+            elif seq.matcher.is_accepting():  # the call closed: the text is free again
+                seq.matcher = None
+                seq.lazy.closed()
+        text = seq.stops.feed(piece)
         if logp is not None and job.top_logprobs is not None:
             logprob = self._token_logprob(token, logp, job.top_logprobs)
             job.emit(Event(seq.index, text, self._take(seq, token), logprobs=(logprob,)))
@@ -509,7 +520,8 @@ class Scheduler:
             job.emit(Event(seq.index, text, self._take(seq, token)))
         else:
             seq.held.append(token)
-        if seq.stops.stopped or (seq.matcher is not None and seq.matcher.is_stopped()):
+        if seq.stops.stopped or (seq.lazy is None and seq.matcher is not None
+                                 and seq.matcher.is_stopped()):
             self._finish(seq, "stop")
             return False
         if seq.generated >= job.max_tokens:

@@ -36,6 +36,7 @@ from backends.errors import (
 )
 from backends.fim import FimFormat, fim_prompt, find_fim_format
 from backends.hardware import Hardware
+from backends.json_schema import JSON_WHITESPACE, closed
 from backends.spec import ModelSpec
 from backends.tool_calls import format_for_template
 from backends.vllm.engine import (
@@ -77,7 +78,9 @@ def engine_args(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _structured(constraint: Constraint | None) -> Structured | None:
-    if constraint is None:
+    if constraint is None or constraint.lazy:
+        # Calls the model begins in auto mode are held to their schema on the llama.cpp engine
+        # only: vLLM's structural tags cannot start at a bare call's name.
         return None
     if constraint.kind == "json_object":
         return Structured("json_object")
@@ -90,7 +93,10 @@ def _structured(constraint: Constraint | None) -> Structured | None:
         raise InvalidParameter(f"a {constraint.kind} constraint needs a JSON schema",
                                param="tools" if constraint.kind == "tool_calls"
                                else "response_format")
-    return Structured("json", constraint.schema)
+    # Closed objects and bounded whitespace, as on the llama.cpp engine (llguidance reads its
+    # options from the schema's x-guidance).
+    return Structured("json", {**closed(constraint.schema), "x-guidance": {
+        "whitespace_flexible": True, "whitespace_pattern": JSON_WHITESPACE}})
 
 
 class VllmBackend:

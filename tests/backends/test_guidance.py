@@ -4,6 +4,7 @@ satisfy them; and the mask admits exactly what the schema allows."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +13,10 @@ import pytest
 
 from backends.base import Constraint
 from backends.errors import InvalidParameter
-from backends.llamacpp.guidance import Guidance, apply_mask
+from backends.llamacpp.guidance import Guidance, LazyCall, apply_mask
 from backends.spec import GrammarLimits
+from backends.tool_calls import CallTrigger
+from backends.tools import tool_call_schema
 from tests.tiny_gguf import char_ids, write_tiny_gguf
 
 
@@ -69,3 +72,84 @@ def test_a_configured_limit_refuses_a_grammar_over_it(vocab: tuple[Any, int]) ->
     with pytest.raises(InvalidParameter) as caught:
         tight.matchers(enum, 1)
     assert "limit" in caught.value.message or "too" in caught.value.message
+
+
+def takes(guidance: Guidance, constraint: Constraint, text: str) -> bool:
+    """Whether a fresh matcher for `constraint` takes `text` whole and could end there."""
+    (matcher,) = guidance.matchers(constraint, 1)
+    return bool(matcher.consume_tokens(char_ids(text))) and bool(matcher.is_accepting())
+
+
+OPEN_WEATHER = {"type": "object", "required": ["city"],
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}}
+
+
+def test_objects_are_closed_unless_the_schema_opens_them(vocab: tuple[Any, int]) -> None:
+    guidance = Guidance(*vocab)
+    assert takes(guidance, schema(OPEN_WEATHER), '{"city": "Oslo", "unit": "c"}')
+    assert not takes(guidance, schema(OPEN_WEATHER), '{"city": "Oslo", "wind": 3}')
+    opened = {**OPEN_WEATHER, "additionalProperties": True}
+    assert takes(guidance, schema(opened), '{"city": "Oslo", "wind": 3}')
+    split = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}},
+                        "required": ["a"]},
+                       {"properties": {"b": {"type": "string"}}, "required": ["b"]}]}
+    assert takes(guidance, schema(split), '{"a": 1, "b": "x"}')
+    assert not takes(guidance, schema(split), '{"a": 1, "b": "x", "c": 2}')
+
+
+def test_whitespace_between_json_tokens_is_one_space_or_newline(vocab: tuple[Any, int]) -> None:
+    guidance = Guidance(*vocab)
+    assert takes(guidance, schema(OPEN_WEATHER), '{\n"city": "Oslo"\n}')
+    assert not takes(guidance, schema(OPEN_WEATHER), '{\n\n"city": "Oslo"}')
+    assert not takes(guidance, schema(OPEN_WEATHER), '{"city":  "Oslo"}')
+
+
+def lazy_call(vocab: tuple[Any, int], fmt: str = "hermes") -> LazyCall:
+    call_schema = tool_call_schema([{"type": "function", "function": {
+        "name": "get_weather", "parameters": OPEN_WEATHER}}], parallel=False)
+    constraint = Constraint("tool_calls", schema=call_schema, lazy=True,
+                            names=frozenset({"get_weather"}))
+    (prototype,) = Guidance(*vocab).matchers(constraint, 1)
+    return LazyCall(prototype, CallTrigger(fmt, constraint.names),  # type: ignore[arg-type]
+                    char_ids)
+
+
+def goes_on(matcher: Any, text: str) -> bool:
+    """Whether `matcher` (left as it is) takes all of `text` next."""
+    ids = char_ids(text)
+    return bool(matcher.deep_copy().try_consume_tokens(ids) == len(ids))
+
+
+def test_a_call_the_model_begins_is_held_to_its_schema_until_it_closes(
+        vocab: tuple[Any, int]) -> None:
+    lazy = lazy_call(vocab)
+    assert lazy.begun("Sure. ") is None and lazy.begun("<tool_") is None
+    matcher = lazy.begun('call>\n{"name": "get_weather", "arguments": {"city": "Oslo", ')
+    assert matcher is not None
+    assert not goes_on(matcher, '"wind"')  # an undeclared key
+    assert not goes_on(matcher, '"unit": "kelvin"')  # off the enum
+    assert goes_on(matcher, '"unit": "f"')
+    assert matcher.consume_tokens(char_ids('"unit": "f"}}')) and matcher.is_accepting()
+    lazy.closed()
+    assert lazy.begun("\n</tool_call> Done.") is None
+
+
+def test_a_fenced_call_is_held_from_its_name_with_the_models_indentation(
+        vocab: tuple[Any, int]) -> None:
+    lazy = lazy_call(vocab)
+    matcher = lazy.begun('```json\n{\n  "name": "get_weather"')
+    assert matcher is not None
+    assert matcher.consume_tokens(char_ids(',\n  "arguments": {\n    "city": "Oslo"\n  }\n}'))
+    assert matcher.is_accepting()
+
+
+def test_unenforceable_tools_in_auto_mode_fall_back_to_any_object(
+        vocab: tuple[Any, int]) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}}}}]
+    strict = Constraint("tool_calls", schema=tool_call_schema(tools, parallel=False),
+                        lazy=True, names=frozenset({"f"}))
+    with pytest.raises(InvalidParameter, match="'not'"):
+        Guidance(*vocab).matchers(strict, 1)
+    loose = dataclasses.replace(strict, best_effort=True)
+    assert takes(Guidance(*vocab), loose, '{"name": "f", "arguments": {"n": 3, "m": 1}}')

@@ -10,6 +10,7 @@ import pytest
 from backends.tool_calls import (
     CallArguments,
     CallStart,
+    CallTrigger,
     Event,
     ToolCallParser,
     ToolFormat,
@@ -110,3 +111,77 @@ def test_strings_with_braces_and_escapes_do_not_end_the_arguments_early() -> Non
 ])
 def test_the_format_comes_from_the_chat_template(template: str | None, fmt: str) -> None:
     assert format_for_template(template) == fmt
+
+
+# The forms small models write with tool_choice auto (Qwen2.5-Coder-0.5B writes the fenced one).
+@pytest.mark.parametrize("text", [
+    f"```json\n{WEATHER}\n```",
+    f"```\n{WEATHER}\n```\n",
+    f"```markdown\n{json.dumps(json.loads(WEATHER), indent=2)}\n```",
+    f"  {WEATHER}",
+    f"[{WEATHER}, {TIME}]",
+    f"```json\n[{WEATHER}]\n```",
+])
+@pytest.mark.parametrize("fmt", ["hermes", "llama3", "mistral"])
+def test_a_reply_that_is_a_bare_fenced_or_listed_call_is_calls(text: str, fmt: ToolFormat) -> None:
+    content, calls, events = run(fmt, text)
+    assert content == ""
+    assert calls and calls[0][0] == "get_weather"
+    assert json.loads(calls[0][1]) == {"city": "Paris", "unit": "celsius"}
+    assert len(calls) == text.count('"name"')
+    # The arguments streamed, in more than one piece.
+    assert len([e for e in events if isinstance(e, CallArguments) and e.index == 0]) > 1
+
+
+@pytest.mark.parametrize("text", [
+    '```json\n{"name": "send_mail", "arguments": {"to": "x"}}\n```',  # not an offered tool
+    f"Here is how a call looks:\n```json\n{WEATHER}\n```",  # not the whole reply
+    '```json\n{"city": "Paris"}\n```',  # an object, not a call
+    '```python\nprint("hi")\n```',
+    '{"name": "get_weather", "arguments": "Paris"}',  # arguments not an object
+    "[1] See the weather report.",
+])
+def test_anything_else_stays_text(text: str) -> None:
+    content, calls, _ = run("hermes", text)
+    assert calls == [] and content == text
+
+
+def test_text_that_cannot_be_a_call_streams_at_once() -> None:
+    parser = ToolCallParser("hermes", KNOWN, forced=False)
+    assert parser.feed("```py") == []  # a fence: a call may follow
+    assert parser.feed("\nprint") == ["```py\nprint"]
+    parser = ToolCallParser("hermes", KNOWN, forced=False)
+    assert parser.feed('{"answer": 4') == ['{"answer": 4']
+
+
+def feed_trigger(trigger: CallTrigger, text: str, step: int = 3) -> str | None:
+    for at in range(0, len(text), step):
+        call = trigger.feed(text[at:at + step])
+        if call is not None:
+            return call + text[at + step:]
+    return None
+
+
+def test_the_trigger_finds_an_opener_anywhere_and_a_bare_call_only_at_the_start() -> None:
+    assert feed_trigger(CallTrigger("hermes", KNOWN), f"Let me look.<tool_call>\n{WEATHER}") \
+        == f"\n{WEATHER}"
+    assert feed_trigger(CallTrigger("hermes", KNOWN), f"```json\n{WEATHER}") == WEATHER
+    assert feed_trigger(CallTrigger("hermes", KNOWN), f"See: {WEATHER}") is None
+    assert feed_trigger(CallTrigger("hermes", KNOWN),
+                        '{"name": "send_mail", "arguments": {}}') is None
+
+
+def test_the_trigger_fires_once_the_name_is_known_and_again_after_a_close() -> None:
+    trigger = CallTrigger("hermes", KNOWN)
+    assert trigger.feed("[") is None and trigger.feed('{"name": "get_w') is None
+    assert trigger.feed('eather"') == '{"name": "get_weather"'
+    assert trigger.feed(', "arguments": {}}') is None  # within the call: the engine holds it
+    trigger.closed()
+    assert trigger.feed(', {"name": "get_time"') == '{"name": "get_time"'
+
+
+def test_the_trigger_gives_up_on_a_long_unfinished_name() -> None:
+    trigger = CallTrigger("llama3", KNOWN)
+    assert trigger.feed('{"name": "' + "x" * 600) is None
+    assert trigger.feed('", "parameters": {}}') is None
+    assert trigger.feed("<|python_tag|>") == ""

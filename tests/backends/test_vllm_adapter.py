@@ -279,9 +279,13 @@ def test_constraints_become_structured_outputs(tmp_path: Path) -> None:
         return await collect(backend, req(constraint=Constraint("tool_calls", schema=schema)))
 
     tool_chunks = run(go())
+    # Objects that declare their properties are closed, whitespace bounded, as on llama.cpp.
+    enforced = {"type": "object", "additionalProperties": False, "properties": {"a": {
+        "type": "integer", "minimum": -(2**53 - 1), "maximum": 2**53 - 1}},
+                "x-guidance": {"whitespace_flexible": True, "whitespace_pattern": r"[\x20\x0A]?"}}
     assert [c.params.structured for c in engine.calls] == [
-        Structured("json", schema), Structured("json_object"),
-        Structured("grammar", "root ::= \"a\""), Structured("json", schema)]
+        Structured("json", enforced), Structured("json_object"),
+        Structured("grammar", "root ::= \"a\""), Structured("json", enforced)]
     assert tool_chunks[-1].finish_reason == "tool_calls"
 
 

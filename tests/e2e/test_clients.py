@@ -47,6 +47,34 @@ def test_langchain_bind_tools_required(server: Server) -> None:
     assert isinstance(call["args"].get("city"), str)
 
 
+def test_langchain_bind_tools_required_open_schema(server: Server) -> None:
+    """The same without strict, as LangChain sends tools by default (no additionalProperties):
+    lokal closes the object, so the call finishes within the budget."""
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Current weather for a city."""
+        return "sunny"
+
+    llm = _chat(server, max_tokens=80, temperature=0)
+    bound = llm.bind_tools([get_weather], tool_choice="get_weather")  # type: ignore[attr-defined]
+    message = bound.invoke("What is the weather in Paris?")
+    assert message.tool_calls, message
+    call = message.tool_calls[0]
+    assert call["name"] == "get_weather"
+    assert set(call["args"]) == {"city"} and isinstance(call["args"]["city"], str)
+
+
+def test_langchain_with_structured_output_open_schema(server: Server) -> None:
+    llm = _chat(server, max_tokens=80, temperature=0)
+    for method in ("json_schema", "function_calling"):
+        structured = llm.with_structured_output(Person, method=method)  # type: ignore[attr-defined]
+        person = structured.invoke("Describe a person.")
+        assert isinstance(person, Person), (method, person)
+        jsonschema.validate(person.model_dump(), Person.model_json_schema())
+
+
 def test_langchain_with_structured_output(server: Server) -> None:
     llm = _chat(server, max_tokens=80, temperature=0)
     for method in ("json_schema", "function_calling"):

@@ -61,7 +61,10 @@ def test_items_become_chat_messages(client: TestClient, backend: ScriptedBackend
         "name": "get_weather", "arguments": '{"city":"Oslo"}'}},)
     assert prompt.messages[3].tool_call_id == "c1" and prompt.messages[3].name == "get_weather"
     assert prompt.tools[0]["function"]["name"] == "get_weather"
-    assert backend.requests[-1].constraint is None  # auto: the model may answer in text
+    # auto: the model may answer in text; only a call it begins is held to the tool's schema
+    constraint = backend.requests[-1].constraint
+    assert constraint is not None and constraint.lazy and constraint.best_effort
+    assert constraint.names == frozenset({"get_weather"})
     assert r.json()["tools"][0]["name"] == "get_weather"
 
 
