@@ -344,6 +344,7 @@ def main() -> int:
         for key, schema in schemas.items():
             verdict, why = classify(guidance, schema)
             counts[verdict] += 1
+            print(f"{name}/{key}: {verdict}", file=sys.stderr, flush=True)
             if why:
                 details.append(f"- {name}/{key}: {verdict}: {why[:160]}")
             if verdict != "enforced":
