@@ -279,9 +279,10 @@ async def _output(engine: Any, schema: Any, seed: int, temperature: float,
 
 
 def stuck_in(text: str) -> str:
-    """What an unfinished JSON text was in when it was cut: string, array, number or keys."""
-    stack: list[str] = []
-    in_string = escaped = False
+    """What an unfinished JSON text was in when it was cut: a string value, an array, a number,
+    or an object's keys (inventing keys, or cut inside one)."""
+    stack: list[str] = []  # "{" expecting a key, ":" in a value of an object, "["
+    in_string = escaped = key = False
     last = ""
     for ch in text:
         if in_string:
@@ -292,15 +293,19 @@ def stuck_in(text: str) -> str:
             elif ch == '"':
                 in_string = False
         elif ch == '"':
-            in_string = True
+            in_string, key = True, bool(stack) and stack[-1] == "{"
         elif ch in "{[":
             stack.append(ch)
         elif ch in "}]" and stack:
             stack.pop()
+        elif ch == ":" and stack and stack[-1] == "{":
+            stack[-1] = ":"
+        elif ch == "," and stack and stack[-1] == ":":
+            stack[-1] = "{"
         if not ch.isspace():
             last = ch
     if in_string:
-        return "string"
+        return "keys" if key else "string"
     if last.isdigit() or last in ".-eE":
         return "number"
     return "array" if stack and stack[-1] == "[" else "keys"

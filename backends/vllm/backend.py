@@ -36,7 +36,7 @@ from backends.errors import (
 )
 from backends.fim import FimFormat, fim_prompt, find_fim_format
 from backends.hardware import Hardware
-from backends.json_schema import JSON_WHITESPACE, closed
+from backends.json_schema import closed
 from backends.spec import ModelSpec
 from backends.tool_calls import format_for_template
 from backends.vllm.engine import (
@@ -93,10 +93,11 @@ def _structured(constraint: Constraint | None) -> Structured | None:
         raise InvalidParameter(f"a {constraint.kind} constraint needs a JSON schema",
                                param="tools" if constraint.kind == "tool_calls"
                                else "response_format")
-    # Closed objects and bounded whitespace, as on the llama.cpp engine (llguidance reads its
-    # options from the schema's x-guidance).
-    return Structured("json", {**closed(constraint.schema), "x-guidance": {
-        "whitespace_flexible": True, "whitespace_pattern": JSON_WHITESPACE}})
+    # Closed objects, as on the llama.cpp engine, and whitespace bounded: llguidance reads its
+    # options from the schema's x-guidance, but the 1.7 that vLLM pins ignores a whitespace
+    # pattern there (8-space indents came through), so the JSON is compact (", " and ": ").
+    return Structured("json", {**closed(constraint.schema),
+                               "x-guidance": {"whitespace_flexible": False}})
 
 
 class VllmBackend:
