@@ -208,3 +208,16 @@ def test_auto_an_answer_in_words_stays_text(qwen: Server) -> None:
     out = qwen_chat(qwen, "Write a haiku about the sea.", temperature=0)
     assert out["finish_reason"] == "stop" and not out["message"].get("tool_calls")
     assert out["message"]["content"].strip()
+
+
+@pytest.mark.backends("llamacpp")  # vLLM does not hold auto calls to their schema yet
+def test_auto_with_an_unenforceable_tool_is_best_effort_unless_strict(
+        http: httpx.Client) -> None:
+    params = {"type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}}
+    tool: dict[str, Any] = {"type": "function", "function": {"name": "f", "parameters": params}}
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 8, "tools": [tool, TOOLS[0]]}
+    assert http.post("/v1/chat/completions", json=body).status_code == 200
+    tool["function"]["strict"] = True
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "tools" and "'not'" in r.json()["error"]["message"]
