@@ -141,7 +141,10 @@ class Guidance:
         except InvalidParameter:
             if not constraint.best_effort:
                 raise
-            matcher = self._matcher(self._loosened(constraint))
+            try:
+                matcher = self._matcher(self._loosened(constraint))
+            except InvalidParameter:  # too large together: every call's arguments loose
+                matcher = self._matcher(self._loosened(constraint, everything=True))
         return [matcher, *(matcher.deep_copy() for _ in range(n - 1))]
 
     def _matcher(self, constraint: Constraint) -> Any:
@@ -168,6 +171,13 @@ class Guidance:
             raise _refusal(constraint, matcher.get_error().splitlines()[0])
         return matcher
 
+    def _enforceable(self, constraint: Constraint) -> bool:
+        try:
+            self._matcher(constraint)
+        except InvalidParameter:
+            return False
+        return True
+
     @staticmethod
     def _as_sent(constraint: Constraint) -> str:
         """The grammar of the schema exactly as sent (not closed)."""
@@ -176,16 +186,16 @@ class Guidance:
         return str(LLMatcher.grammar_from_json_schema(json.dumps(constraint.schema),
                                                       overrides=JSON_OPTIONS))  # type: ignore[arg-type]
 
-    def _loosened(self, constraint: Constraint) -> Constraint:
-        """`constraint` with any object as the arguments of each tool it cannot enforce."""
+    def _loosened(self, constraint: Constraint, everything: bool = False) -> Constraint:
+        """`constraint` with any object as the arguments of each tool it cannot enforce (of
+        every tool with `everything`)."""
         assert constraint.schema is not None
         schema = dict(constraint.schema)
         calls = list(schema["anyOf"]) if "anyOf" in schema else [schema]
         kept = []
         for call in calls:
-            try:
-                self._matcher(dataclasses.replace(constraint, schema=call, best_effort=False))
-            except InvalidParameter:
+            if everything or not self._enforceable(dataclasses.replace(
+                    constraint, schema=call, best_effort=False)):
                 name = call["properties"]["name"]
                 logger.info("tool %s: its schema cannot be enforced; its calls' arguments are "
                             "only held to be a JSON object", json.dumps(name)[:80])
