@@ -81,6 +81,10 @@ def test_a_conversation_with_commands_and_a_stopped_reply(server: Server,
             long_chat.expect_exact(PROMPT)
             long_chat.send(f"Write a very long story about a {topic}.\r")
             long_chat.expect_exact(f"{topic}.")  # the input's echo
+            # The prompt has ended (bracketed paste off): the terminal is out of raw mode, so
+            # Ctrl-C is a signal again. Before that prompt_toolkit reads it as a key and drops
+            # it; the old wait matched the echo's redraw and sent it there on a busy machine.
+            long_chat.expect_exact("\x1b[?2004l")
             long_chat.expect(r"\w+\s+\w+\s+\w+\s+\w+")  # the reply is streaming
             long_chat.sendintr()
             if long_chat.expect_exact(["[stopped]", "completion tokens]"]) == 0:
