@@ -6,6 +6,7 @@ model unknown."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,11 @@ def _spawn(*args: str, home: Path) -> pexpect.spawn:
     env = {"TERM": "xterm-256color", "HOME": str(home), "PATH": "/usr/bin:/bin",
            "XDG_DATA_HOME": str(home / "data"), "PYTHONPATH": str(REPO),
            "PROMPT_TOOLKIT_NO_CPR": "1"}
+    # Ctrl-C must reach the chat as SIGINT even where the suite runs as a background job,
+    # whose children inherit SIGINT ignored (POSIX, without job control).
     return pexpect.spawn(sys.executable, ["-m", "server.cli", "chat", *args], cwd=str(REPO),
-                         env=env, encoding="utf-8", timeout=60, dimensions=(40, 160))
+                         env=env, encoding="utf-8", timeout=60, dimensions=(40, 160),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _cancelled(server: Server) -> float:
