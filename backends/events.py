@@ -105,7 +105,7 @@ async def output_events(
                 yield event
             if chunk.finish_reason is None:
                 continue
-            tail, calls = choice_parser.finish()
+            tail, calls = choice_parser.finish(cut=chunk.finish_reason == "length")
             for event in converted(i, tail):
                 yield event
             reason: FinishReason = chunk.finish_reason

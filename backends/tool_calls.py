@@ -350,10 +350,12 @@ class ToolCallParser:
         self._raw += text
         return self._calls_from(text)
 
-    def finish(self) -> tuple[list[Event], list[Call]]:
+    def finish(self, cut: bool = False) -> tuple[list[Event], list[Call]]:
         """The events still held and the complete calls. A call whose arguments did not close
-        is dropped (max_tokens cut it). Calls written another way (keys in another order) are
-        parsed whole here; if nothing was a call, what was held is content after all."""
+        is dropped (max_tokens `cut` it), also before its name was announced: a forced call, or
+        one begun with the format's opener or as a bare call to an offered tool, never comes
+        back as raw JSON content. Calls written another way (keys in another order) are parsed
+        whole here; if nothing was a call, what was held is content after all."""
         calls = [c for c in self._calls if _is_object(c.arguments)]
         if calls or self._started:
             return [], calls
@@ -361,6 +363,8 @@ class ToolCallParser:
         self._pending, self._object, self._raw = "", None, ""
         late = _whole_calls(held, self._known)
         if not late:
+            if self._forced or (cut and self._in_calls and self._call_began(held)):
+                return [], []
             return self._show(held), []
         events: list[Event] = []
         for call in late:
@@ -368,6 +372,11 @@ class ToolCallParser:
                        CallArguments(self._started, call.arguments)]
             self._started += 1
         return events, late
+
+    def _call_began(self, held: str) -> bool:
+        """Whether `held` (calls-mode text) shows a call begun: an opener, or a bare call to an
+        offered tool."""
+        return any(o in held for o in self._openers) or bare_head(held, self._known)[0] == "call"
 
     @property
     def content(self) -> str:

@@ -185,3 +185,34 @@ def test_the_trigger_gives_up_on_a_long_unfinished_name() -> None:
     assert trigger.feed('{"name": "' + "x" * 600) is None
     assert trigger.feed('", "parameters": {}}') is None
     assert trigger.feed("<|python_tag|>") == ""
+
+
+def finish_after(fmt: ToolFormat, text: str, cut: bool, forced: bool = False) -> tuple[
+        str, list[Event], list[tuple[str, str]]]:
+    parser = ToolCallParser(fmt, KNOWN, forced)
+    events = parser.feed(text)
+    tail, calls = parser.finish(cut=cut)
+    events += tail
+    return "".join(e for e in events if isinstance(e, str)), events, [(c.name, c.arguments)
+                                                                      for c in calls]
+
+
+@pytest.mark.parametrize(("fmt", "text", "forced", "shown"), [
+    ("json", '[\n{\n"name": "get_weather",', True, ""),  # before the name was announced
+    ("hermes", 'Let me look.<tool_call>\n{"name": "get_wea', False, "Let me look."),
+    ("hermes", '```json\n{"name": "get_weather", "argu', False, ""),
+])
+def test_a_call_cut_before_its_arguments_is_dropped_not_shown(
+        fmt: ToolFormat, text: str, forced: bool, shown: str) -> None:
+    content, events, calls = finish_after(fmt, text, cut=True, forced=forced)
+    assert content == shown and calls == []
+    assert not any(isinstance(e, CallStart) for e in events)
+
+
+def test_unparseable_text_that_ended_by_itself_stays_content() -> None:
+    text = '<tool_call>{"name": "get_weather" oops</tool_call>'
+    content, _, calls = finish_after("hermes", text, cut=False)
+    assert content == text and calls == []
+    # Cut, a reply that only looks like a call to an unknown tool is text as well.
+    content, _, _ = finish_after("hermes", '{"name": "send_mail", "argu', cut=True)
+    assert content == '{"name": "send_mail", "argu'

@@ -356,6 +356,23 @@ def test_langchain_structured_output_with_pydantic_bounds(server: Any) -> None:
     assert 0 <= verdict.confidence <= 1 and 1 <= verdict.votes <= 5
 
 
+def test_a_forced_call_cut_inside_its_arguments_leaks_nothing(http: httpx.Client) -> None:
+    """On every engine: max_tokens ends the output inside the first call's arguments; the cut
+    call is dropped, nothing of it comes back as content, and the reason stays length."""
+    r = http.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": ASK, "tools": [WEATHER], "tool_choice": "required",
+        "max_tokens": 12, "temperature": 0})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert not choice["message"].get("tool_calls") and not choice["message"]["content"]
+
+
+# The next two need a model that keeps adding calls until max_tokens: SmolLM2 on llama.cpp does
+# at temperature 0.8. On vLLM, since objects are closed and its JSON compact, every seed makes
+# one call and closes the list within 24 tokens (checked with 8 cities asked for too), so no
+# request is cut there; what they check is the engine-neutral parser and renderer.
+@pytest.mark.backends("llamacpp")
 def test_forced_calls_cut_by_max_tokens_keep_the_complete_ones(http: httpx.Client) -> None:
     """tool_choice required lets the model add calls until max_tokens: the calls it finished
     come back as tool_calls with finish_reason length, never as raw JSON content."""
@@ -378,6 +395,7 @@ def test_forced_calls_cut_by_max_tokens_keep_the_complete_ones(http: httpx.Clien
     assert cut_with_calls, "no seed ran past max_tokens: the test proved nothing"
 
 
+@pytest.mark.backends("llamacpp")
 def test_streamed_forced_calls_cut_by_max_tokens_keep_the_complete_ones(
         http: httpx.Client) -> None:
     for seed in range(8):
