@@ -276,13 +276,12 @@ def chat_request(body: ChatCompletionRequest, request_id: str,
     )
 
 
-def limited(constraint: Constraint | None, limits: SchemaLimits,
-            param: str | None = None) -> Constraint | None:
+def limited(constraint: Constraint | None, limits: SchemaLimits) -> Constraint | None:
     """`constraint` within the schema limits: a 400 when it is over them, except a best-effort
     tool constraint (tool_choice auto, nothing strict), which is then dropped: the request
     did not ask for enforcement and gets what it got before lazy calls existed."""
     if constraint is not None and constraint.schema is not None:
-        param = param or ("tools" if constraint.kind == "tool_calls" else "response_format")
+        param = "tools" if constraint.kind == "tool_calls" else "response_format"
         try:
             check_schema(constraint.schema, param, limits)
         except APIError:
