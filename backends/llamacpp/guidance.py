@@ -37,6 +37,8 @@ def _parser_limits(limits: GrammarLimits) -> Any:
 
 JSON_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": JSON_WHITESPACE}
 CALL_OPTIONS = {"whitespace_flexible": True, "whitespace_pattern": CALL_WHITESPACE}
+LOOSEN_MAX_TOOLS = 64
+"""Tools a best-effort constraint compiles one by one to find the ones it cannot enforce."""
 # What may come between a call's opener and its object (`<tool_call>` then a newline).
 _CALL_LEAD = r"/[\x20\x0A]{0,2}/"
 _UNIMPLEMENTED = re.compile(r'Unimplemented keys: \[(.*?)\]')
@@ -192,6 +194,9 @@ class Guidance:
         assert constraint.schema is not None
         schema = dict(constraint.schema)
         calls = list(schema["anyOf"]) if "anyOf" in schema else [schema]
+        # One compile per tool finds the ones to loosen: a request with more tools than this
+        # could make that cost what it likes, so all of its calls' arguments are loosened.
+        everything = everything or len(calls) > LOOSEN_MAX_TOOLS
         kept = []
         for call in calls:
             if everything or not self._enforceable(dataclasses.replace(

@@ -13,7 +13,7 @@ import pytest
 
 from backends.base import Constraint
 from backends.errors import InvalidParameter
-from backends.llamacpp.guidance import Guidance, LazyCall, apply_mask
+from backends.llamacpp.guidance import LOOSEN_MAX_TOOLS, Guidance, LazyCall, apply_mask
 from backends.spec import GrammarLimits
 from backends.tool_calls import CallTrigger
 from backends.tools import tool_call_schema
@@ -153,3 +153,22 @@ def test_unenforceable_tools_in_auto_mode_fall_back_to_any_object(
         Guidance(*vocab).matchers(strict, 1)
     loose = dataclasses.replace(strict, best_effort=True)
     assert takes(Guidance(*vocab), loose, '{"name": "f", "arguments": {"n": 3, "m": 1}}')
+
+
+@pytest.mark.parametrize(("count", "held"), [(LOOSEN_MAX_TOOLS, True),
+                                             (LOOSEN_MAX_TOOLS + 1, False)])
+def test_finding_the_tools_to_loosen_compiles_a_bounded_number(
+        vocab: tuple[Any, int], count: int, held: bool) -> None:
+    """Up to the bound each tool is compiled alone and only the unenforceable one loosened;
+    past it (a request could send thousands) every call's arguments are loosened at once."""
+    bad = {"type": "function", "function": {"name": "bad", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}}}}
+    good = [{"type": "function", "function": {"name": f"t{i}", "parameters": OPEN_WEATHER}}
+            for i in range(count - 1)]
+    tools = [bad, *good]
+    constraint = Constraint("tool_calls", schema=tool_call_schema(tools, parallel=False),
+                            lazy=True, names=frozenset(t["function"]["name"] for t in tools),
+                            best_effort=True)
+    extra_key = '{"name": "t0", "arguments": {"city": "Oslo", "wind": 3}}'
+    assert takes(Guidance(*vocab), constraint, extra_key) is not held
+    assert takes(Guidance(*vocab), constraint, '{"name": "bad", "arguments": {"n": 3}}')

@@ -221,3 +221,20 @@ def test_auto_with_an_unenforceable_tool_is_best_effort_unless_strict(
     r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "tools" and "'not'" in r.json()["error"]["message"]
+
+
+def test_auto_with_tools_over_the_schema_limit_is_unconstrained_not_refused(
+        http: httpx.Client) -> None:
+    """The schema limits bound what a request can make the server compile. With tool_choice
+    auto the call constraint is best effort: over the limit it is dropped (the request gets
+    what it got before auto calls were constrained); forced, the same tools are a 400."""
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(60):  # deeper than the 48 levels allowed, small enough for the prompt
+        deep = {"type": "object", "properties": {"a": deep}}
+    tools = [{"type": "function", "function": {"name": "pick", "parameters": deep}}]
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 4, "tools": tools}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    r = http.post("/v1/chat/completions", json={**body, "tool_choice": "required"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "schema_too_deep"
