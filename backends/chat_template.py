@@ -13,9 +13,9 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from backends.base import ChatMessage
-from backends.errors import InvalidParameter
-from backends.tools import rewrite_for_generic
+from lokal.backends.base import ChatMessage
+from lokal.backends.errors import InvalidParameter
+from lokal.backends.tools import rewrite_for_generic
 
 # Stands in for the final message's text to find where a template puts it.
 _MARK = "\x00lokal-final-message\x00"

@@ -82,7 +82,7 @@ class ModelTooLarge(BackendError):
     """The model needs more memory than the whole budget: it can never be loaded here."""
 
     def __init__(self, model: str, need: int, device: str, budget: int) -> None:
-        from backends.budget import human
+        from lokal.backends.budget import human
 
         super().__init__(
             f"model {model} needs {human(need)} of {device} memory, more than the whole "

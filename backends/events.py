@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from backends.base import Chunk, FinishReason, TokenLogprob, Usage
-from backends.tool_calls import Call, CallStart, Event, ToolCallParser
+from lokal.backends.base import Chunk, FinishReason, TokenLogprob, Usage
+from lokal.backends.tool_calls import Call, CallStart, Event, ToolCallParser
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 
-from backends.errors import InvalidParameter
+from lokal.backends.errors import InvalidParameter
 
 
 @dataclass(frozen=True, slots=True)

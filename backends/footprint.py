@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.gguf_meta import GgufMeta, read_gguf_meta
-from backends.hardware import Hardware
-from backends.spec import ModelSpec
+from lokal.backends.gguf_meta import GgufMeta, read_gguf_meta
+from lokal.backends.hardware import Hardware
+from lokal.backends.spec import ModelSpec
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -16,18 +16,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import Any
 
-from backends.base import Backend, BackendStats, ModelInfo
-from backends.budget import Resident, choose_unloads, human, resident_bytes
-from backends.errors import (
+from lokal.backends.base import Backend, BackendStats, ModelInfo
+from lokal.backends.budget import Resident, choose_unloads, human, resident_bytes
+from lokal.backends.errors import (
     ModelLoadFailed,
     ModelNotFound,
     ModelPinned,
     ModelTooLarge,
     NotReady,
 )
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.pool_entry import (
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.pool_entry import (
     HOLDS_MEMORY,
     RETRY_MAX,
     Entry,
@@ -35,8 +35,8 @@ from backends.pool_entry import (
     ModelState,
     Status,
 )
-from backends.registry import choose_backend, create_backend, estimate_footprint
-from backends.spec import ModelSpec
+from lokal.backends.registry import choose_backend, create_backend, estimate_footprint
+from lokal.backends.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from backends.base import Backend, ModelInfo
-from backends.footprint import Footprint
-from backends.spec import ModelSpec
+from lokal.backends.base import Backend, ModelInfo
+from lokal.backends.footprint import Footprint
+from lokal.backends.spec import ModelSpec
 
 RETRY_FIRST = 5.0
 RETRY_MAX = 300.0

@@ -6,11 +6,11 @@ import importlib.util
 import logging
 from typing import Literal
 
-from backends.base import Backend
-from backends.errors import BackendUnavailable
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.spec import ModelSpec
+from lokal.backends.base import Backend
+from lokal.backends.errors import BackendUnavailable
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +65,21 @@ def create_backend(spec: ModelSpec, hardware: Hardware, forced: str | None = Non
     engine, reason = choose_backend(spec, hardware, forced)
     logger.info("model %s: backend %s (%s)", spec.id, engine, reason)
     if engine == "llamacpp":
-        from backends.llamacpp.backend import LlamaCppBackend
+        from lokal.backends.llamacpp.backend import LlamaCppBackend
 
         return LlamaCppBackend(spec, reason=reason)
-    from backends.vllm.backend import VllmBackend
+    from lokal.backends.vllm.backend import VllmBackend
 
     return VllmBackend(spec, hardware, reason=reason)
 
 
 def estimate_footprint(spec: ModelSpec, hardware: Hardware, forced: str | None = None) -> Footprint:
     """The memory `spec` will hold on the engine chosen for it, before loading it."""
-    from backends.footprint import llamacpp_footprint, vllm_footprint
+    from lokal.backends.footprint import llamacpp_footprint, vllm_footprint
 
     engine, _ = choose_backend(spec, hardware, forced)
     if engine == "llamacpp":
         return llamacpp_footprint(spec)
-    from backends.vllm.backend import engine_args
+    from lokal.backends.vllm.backend import engine_args
 
     return vllm_footprint(spec, engine_args(spec), hardware)

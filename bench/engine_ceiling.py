@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--build-jobs", type=int, default=2)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from backends.spec import DEFAULT_CONFIG, ModelSpec
+    from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 
     gguf = str(ModelSpec.from_yaml(DEFAULT_CONFIG).gguf_path())
     binary = llama_cpp_tool(llama_cpp_python_version(), args.build_jobs, "llama-batched-bench")

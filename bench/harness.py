@@ -28,6 +28,8 @@ BENCH_DIR = REPO / "bench"
 CACHE_DIR = BENCH_DIR / ".cache"
 OUT_DIR = BENCH_DIR / "out"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+# the folders that install as lokal.<folder>
+PACKAGE_FOLDERS = ("server", "backends")
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -109,12 +111,32 @@ def export_lokal(ref: str) -> Path:
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest.with_suffix(".tar")
-    subprocess.run(["git", "archive", "--format=tar", f"--output={archive}", commit,
-                    "server", "backends", "configs"], cwd=REPO, check=True, timeout=120)
+    folders = [f for f in (*PACKAGE_FOLDERS, "configs") if git("cat-file", "-t", f"{commit}:{f}")]
+    subprocess.run(["git", "archive", "--format=tar", f"--output={archive}", commit, *folders],
+                   cwd=REPO, check=True, timeout=120)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     archive.unlink()
     return dest
+
+
+def import_root(lokal_dir: Path) -> Path:
+    """The folder whose `lokal` package is `lokal_dir`'s code. The folders install under the one
+    name `lokal` (pyproject's package-dir), which an export has no install of, so a tree of links
+    stands in for it; commits before that imported `server` and `backends` from the folder."""
+    if not _one_name(lokal_dir):
+        return lokal_dir
+    root = lokal_dir / ".cache" / "import"
+    (root / "lokal").mkdir(parents=True, exist_ok=True)
+    for folder in PACKAGE_FOLDERS:
+        link = root / "lokal" / folder
+        if (lokal_dir / folder).is_dir() and not link.exists():
+            link.symlink_to(lokal_dir / folder, target_is_directory=True)
+    return root
+
+
+def _one_name(lokal_dir: Path) -> bool:
+    return "from lokal." in (lokal_dir / "server" / "cli.py").read_text(encoding="utf-8")
 
 
 # --- other people's load ----------------------------------------------------------------------
@@ -252,7 +274,7 @@ class ServerProcess:
 
 def derived_config(config: Path, threads: int, parallel: int | None, dest: Path) -> Path:
     """A copy of a model YAML with explicit threads (and slots) and an absolute GGUF path."""
-    from backends.spec import ModelSpec
+    from lokal.backends.spec import ModelSpec
 
     spec = ModelSpec.from_yaml(config)
     data: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8"))
@@ -267,12 +289,13 @@ def derived_config(config: Path, threads: int, parallel: int | None, dest: Path)
 
 def lokal_server(lokal_dir: Path, config: Path, port: int, log: Path) -> ServerProcess:
     """lokal from `lokal_dir` (the work tree or an exported commit), run by .venv's python."""
+    cli = "lokal.server.cli" if _one_name(lokal_dir) else "server.cli"
     return ServerProcess(
         name="lokal",
-        command=[str(VENV_PYTHON), "-m", "server.cli", "serve", "--config", str(config),
+        command=[str(VENV_PYTHON), "-m", cli, "serve", "--config", str(config),
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         base_url=f"http://127.0.0.1:{port}", ready_path="/health/ready", log_path=log,
-        cwd=lokal_dir, env={"PYTHONPATH": str(lokal_dir)},
+        cwd=lokal_dir, env={"PYTHONPATH": str(import_root(lokal_dir))},
     )
 
 

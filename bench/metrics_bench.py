@@ -29,7 +29,7 @@ from harness import (
     percentile,
 )
 
-from backends.spec import DEFAULT_CONFIG
+from lokal.backends.spec import DEFAULT_CONFIG
 
 STREAMS = 8
 PROMPT = "Write a long story about a lighthouse keeper and the sea. " * 4

@@ -47,7 +47,7 @@ from harness import (
     ratio,
 )
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 
 GEMMA_CONFIG = REPO / "configs" / "gemma-3-270m.yaml"
 PROMPT = "The history of the printing press begins"
@@ -133,7 +133,7 @@ class Setup:
         port = free_port()
         budget = self.lokal_budget_one if only_one else self.lokal_budget_two
         return ServerProcess(
-            "lokal", [str(VENV_PYTHON), "-m", "server.cli", "serve", "--models-dir",
+            "lokal", [str(VENV_PYTHON), "-m", "lokal.server.cli", "serve", "--models-dir",
                       str(folder), "--memory-budget", budget, "--port", str(port),
                       "--log-level", "warning"],
             f"http://127.0.0.1:{port}", "/health/ready", self.work / "lokal.log")
@@ -266,7 +266,7 @@ def main() -> int:
                   ModelSpec.from_yaml(GEMMA_CONFIG).gguf_path(), args.ctx, args.slots,
                   args.threads, work, binary)
     # Budgets from lokal's own estimates: only one of the two fits, or both do.
-    from backends.footprint import llamacpp_footprint
+    from lokal.backends.footprint import llamacpp_footprint
 
     sizes = []
     for gguf in (setup.smol, setup.gemma):

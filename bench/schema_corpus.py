@@ -37,12 +37,21 @@ from collections import Counter
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from harness import CACHE_DIR, OUT_DIR, REPO, VENV_PYTHON, export_lokal, git, machine_facts
+from harness import (
+    CACHE_DIR,
+    OUT_DIR,
+    REPO,
+    VENV_PYTHON,
+    export_lokal,
+    git,
+    import_root,
+    machine_facts,
+)
 from pydantic import BaseModel, Field, HttpUrl
 
 _REF = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--lokal-ref"), None)
 LOKAL_DIR = export_lokal(_REF) if _REF else REPO
-sys.path.insert(0, str(LOKAL_DIR))
+sys.path.insert(0, str(import_root(LOKAL_DIR)))
 
 # --- pydantic models ------------------------------------------------------------------------
 
@@ -242,11 +251,11 @@ def schemastore_corpus() -> dict[str, Any]:
 # --- classification -----------------------------------------------------------------------
 
 def classify(guidance: Any, schema: Any) -> tuple[str, str]:
-    from backends.base import Constraint
-    from backends.errors import InvalidParameter
-    from server.errors import APIError
-    from server.settings import SchemaLimits
-    from server.translate import check_schema
+    from lokal.backends.base import Constraint
+    from lokal.backends.errors import InvalidParameter
+    from lokal.server.errors import APIError
+    from lokal.server.settings import SchemaLimits
+    from lokal.server.translate import check_schema
 
     if isinstance(schema, dict) and "__skip__" in schema:
         return "skipped", schema["__skip__"]
@@ -265,7 +274,13 @@ def classify(guidance: Any, schema: Any) -> tuple[str, str]:
 async def _output(engine: Any, schema: Any, seed: int, temperature: float,
                   max_tokens: int) -> tuple[str, str | None]:
     """One constrained output: its text and finish reason."""
-    from backends.base import ChatMessage, ChatPrompt, Constraint, GenerationRequest, SamplingParams
+    from lokal.backends.base import (
+        ChatMessage,
+        ChatPrompt,
+        Constraint,
+        GenerationRequest,
+        SamplingParams,
+    )
 
     request = GenerationRequest(
         f"g{seed}", ChatPrompt((ChatMessage("user", "Fill this in as JSON."),)),
@@ -324,8 +339,8 @@ def main() -> int:
 
     import jsonschema
 
-    from backends.llamacpp.backend import LlamaCppBackend
-    from backends.spec import ModelSpec
+    from lokal.backends.llamacpp.backend import LlamaCppBackend
+    from lokal.backends.spec import ModelSpec
 
     config = LOKAL_DIR / "configs" / "smollm2-135m-instruct.yaml"
     spec = ModelSpec.from_yaml(config).model_copy(update={"context_length": 2048})

@@ -55,6 +55,7 @@ from harness import (
     derived_config,
     export_lokal,
     free_port,
+    import_root,
     lokal_code_state,
     lokal_server,
     machine_facts,
@@ -558,8 +559,8 @@ def main() -> int:
     stop_on_sigterm()
     deadline = time.monotonic() + args.max_minutes * 60
     lokal_dir = export_lokal(args.lokal_ref) if args.lokal_ref else REPO
-    sys.path.insert(0, str(lokal_dir))  # backends.spec of the lokal being measured
-    from backends.spec import ModelSpec
+    sys.path.insert(0, str(import_root(lokal_dir)))  # the measured lokal's spec
+    from lokal.backends.spec import ModelSpec
 
     source_config = args.config or lokal_dir / "configs" / "smollm2-135m-instruct.yaml"
     source_opts = yaml.safe_load(source_config.read_text(encoding="utf-8")).get("llamacpp") or {}

@@ -32,6 +32,7 @@ from harness import (
     export_lokal,
     fmt,
     free_port,
+    import_root,
     lokal_code_state,
     lokal_server,
     machine_facts,
@@ -195,14 +196,14 @@ def main() -> int:
         parser.error("--reps must be 1..100 and --max-tokens 1..4096")
 
     lokal_dir = export_lokal(args.lokal_ref) if args.lokal_ref else REPO
-    sys.path.insert(0, str(lokal_dir))  # backends.spec of the lokal being measured
+    sys.path.insert(0, str(import_root(lokal_dir)))  # the measured lokal's spec
     config = args.config or lokal_dir / "configs" / "smollm2-135m-instruct.yaml"
     spec_data = yaml.safe_load(config.read_text(encoding="utf-8"))
     opts = spec_data.get("llamacpp") or {}
     threads = args.threads or opts.get("n_threads") or os.cpu_count() or 1
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     config = derived_config(config, threads, None, OUT_DIR / "single_stream.yaml")
-    from backends.spec import ModelSpec
+    from lokal.backends.spec import ModelSpec
 
     spec = ModelSpec.from_yaml(config)
     facts = {**machine_facts(), "lokal": lokal_code_state(lokal_dir, args.lokal_ref),

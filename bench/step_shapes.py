@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     import sys
     sys.path.insert(0, str(REPO))
-    from backends.spec import DEFAULT_CONFIG, ModelSpec
+    from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 
     gguf = str(ModelSpec.from_yaml(DEFAULT_CONFIG).gguf_path())
     llama_cpp.llama_backend_init()

@@ -71,10 +71,16 @@ async def level(base_url: str, model: str, streams: int, tokens: int,
 
 def mask_times(config: Path, tokens: int, streams: int) -> list[float]:
     """Seconds per apply_mask call while `streams` constrained generations run in-process."""
-    import backends.llamacpp.scheduler as scheduler
-    from backends.base import ChatMessage, ChatPrompt, Constraint, GenerationRequest, SamplingParams
-    from backends.llamacpp.backend import LlamaCppBackend
-    from backends.spec import ModelSpec
+    import lokal.backends.llamacpp.scheduler as scheduler
+    from lokal.backends.base import (
+        ChatMessage,
+        ChatPrompt,
+        Constraint,
+        GenerationRequest,
+        SamplingParams,
+    )
+    from lokal.backends.llamacpp.backend import LlamaCppBackend
+    from lokal.backends.spec import ModelSpec
 
     times: list[float] = []
     real = scheduler.apply_mask

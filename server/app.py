@@ -15,15 +15,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.hardware import Hardware, probe
-from backends.pool import ModelPool
-from server import errors
-from server.auth import APIKeyMiddleware
-from server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
-from server.logs import REQUEST_ID
-from server.metrics import Metrics, RequestMetricsMiddleware
-from server.response_store import ResponseStore
-from server.routes import (
+from lokal.backends.hardware import Hardware, probe
+from lokal.backends.pool import ModelPool
+from lokal.server import errors
+from lokal.server.auth import APIKeyMiddleware
+from lokal.server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
+from lokal.server.logs import REQUEST_ID
+from lokal.server.metrics import Metrics, RequestMetricsMiddleware
+from lokal.server.response_store import ResponseStore
+from lokal.server.routes import (
     chat,
     completions,
     embeddings,
@@ -35,7 +35,7 @@ from server.routes import (
     responses,
     ui,
 )
-from server.settings import ServerSettings
+from lokal.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import APIError, send_error
+from lokal.server.errors import APIError, send_error
 
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/version", "/"})
 # The chat page and its files hold no secret: the page asks the user for the key itself.

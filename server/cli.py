@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", dest="data_dir", type=Path,
                        help="where stored Responses live (default: the user's data "
                        "directory; LOKAL_DATA_DIR)")
-    from server import tools_cli
+    from lokal.server import tools_cli
 
     tools_cli.add_commands(sub)
     return parser
@@ -75,27 +75,27 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":
-        from server import tools_cli
+        from lokal.server import tools_cli
 
         return tools_cli.run(args)
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k != "command" and v is not None
     }
-    from server.settings import ServerSettings
+    from lokal.server.settings import ServerSettings
 
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as exc:
         print(f"lokal: invalid setting: {exc}", file=sys.stderr)
         return 2
-    from server import logs, streaming
+    from lokal.server import logs, streaming
 
     logs.configure(settings.log_level, settings.log_format)
     import uvicorn
 
-    from backends.errors import BackendUnavailable
-    from backends.hardware import probe
-    from server.app import create_app, make_pool
+    from lokal.backends.errors import BackendUnavailable
+    from lokal.backends.hardware import probe
+    from lokal.server.app import create_app, make_pool
 
     try:
         pool = make_pool(settings, probe())

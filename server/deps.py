@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from backends.pool import ModelPool
-from server.settings import ServerSettings
+from lokal.backends.pool import ModelPool
+from lokal.server.settings import ServerSettings
 
 
 def get_pool(request: Request) -> ModelPool:

@@ -7,9 +7,9 @@ import base64
 import struct
 from collections.abc import Sequence
 
-from backends.base import EmbeddingRequest, EmbeddingResult, TextPrompt, TokenPrompt
-from server.errors import APIError
-from server.protocol.embeddings import CreateEmbeddingResponse, EmbeddingCreateRequest
+from lokal.backends.base import EmbeddingRequest, EmbeddingResult, TextPrompt, TokenPrompt
+from lokal.server.errors import APIError
+from lokal.server.protocol.embeddings import CreateEmbeddingResponse, EmbeddingCreateRequest
 
 MAX_INPUTS = 2048  # OpenAI's limit on the inputs of one request
 

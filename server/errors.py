@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from backends.errors import (
+from lokal.backends.errors import (
     BackendError,
     Busy,
     ContextLengthExceeded,
@@ -25,7 +25,7 @@ from backends.errors import (
     ModelTooLarge,
     NotReady,
 )
-from server.protocol.common import ErrorResponse
+from lokal.server.protocol.common import ErrorResponse
 
 logger = logging.getLogger(__name__)
 

@@ -13,18 +13,18 @@ from dataclasses import replace
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from backends.base import Chunk, GenerationRequest
-from backends.events import Failure, OutputEvent, drain, output_events
-from backends.pool import ModelPool
-from backends.pool_entry import Lease
-from server.errors import request_id_of, to_api_error
-from server.limits import with_deadline
-from server.metrics import Metrics
-from server.renderers.base import Renderer
-from server.routes.disconnect import cancel_on_disconnect
-from server.settings import ServerSettings
-from server.streaming import Frame, ndjson_response, prime, sse_response
-from server.translate import ToolMode
+from lokal.backends.base import Chunk, GenerationRequest
+from lokal.backends.events import Failure, OutputEvent, drain, output_events
+from lokal.backends.pool import ModelPool
+from lokal.backends.pool_entry import Lease
+from lokal.server.errors import request_id_of, to_api_error
+from lokal.server.limits import with_deadline
+from lokal.server.metrics import Metrics
+from lokal.server.renderers.base import Renderer
+from lokal.server.routes.disconnect import cancel_on_disconnect
+from lokal.server.settings import ServerSettings
+from lokal.server.streaming import Frame, ndjson_response, prime, sse_response
+from lokal.server.translate import ToolMode
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.base import Chunk
-from server.errors import APIError, send_error
+from lokal.backends.base import Chunk
+from lokal.server.errors import APIError, send_error
 
 
 def body_too_large(limit: int) -> APIError:

@@ -8,16 +8,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import ChatMessage, ChatPrompt, GenerationRequest, SamplingParams
-from server.errors import APIError
-from server.protocol.messages import (
+from lokal.backends.base import ChatMessage, ChatPrompt, GenerationRequest, SamplingParams
+from lokal.server.errors import APIError
+from lokal.server.protocol.messages import (
     ContentBlock,
     CountTokensRequest,
     CreateMessageRequest,
     MessageParam,
 )
-from server.settings import SchemaLimits
-from server.translate import ToolChoice, ToolMode, limited, stops, tool_plan
+from lokal.server.settings import SchemaLimits
+from lokal.server.translate import ToolChoice, ToolMode, limited, stops, tool_plan
 
 TEXT_ONLY = ("this model reads text only: image, document and other non-text content blocks "
              "cannot be honoured")

@@ -17,9 +17,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends.base import Chunk
-from backends.pool import ModelPool
-from server.vllm_metrics import ENGINE, VllmMetrics
+from lokal.backends.base import Chunk
+from lokal.backends.pool import ModelPool
+from lokal.server.vllm_metrics import ENGINE, VllmMetrics
 
 # Buckets for LLM work: a first token in tens of ms (cached, small model) to a minute (long
 # prompt on CPU); tokens every few ms (GPU) to a second (CPU under load); whole requests up

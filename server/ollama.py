@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from backends.base import (
+from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
     Constraint,
@@ -18,10 +18,10 @@ from backends.base import (
     SamplingParams,
     TextPrompt,
 )
-from backends.errors import ModelNotFound
-from backends.pool import ModelPool
-from server.errors import APIError
-from server.protocol.ollama import (
+from lokal.backends.errors import ModelNotFound
+from lokal.backends.pool import ModelPool
+from lokal.server.errors import APIError
+from lokal.server.protocol.ollama import (
     ChatRequest,
     Format,
     GenerateRequest,
@@ -29,8 +29,8 @@ from server.protocol.ollama import (
     Message,
     OllamaOptions,
 )
-from server.settings import SchemaLimits
-from server.translate import ToolMode, check_schema, limited, stops, tool_plan
+from lokal.server.settings import SchemaLimits
+from lokal.server.translate import ToolMode, check_schema, limited, stops, tool_plan
 
 logger = logging.getLogger(__name__)
 

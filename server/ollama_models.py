@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backends.gguf_meta import ArrayInfo, GgufError, GgufMeta, read_gguf_meta
-from backends.pool import ModelPool
-from backends.pool_entry import ModelState, Status
-from backends.spec import ModelSpec
-from server.ollama import ollama_name
+from lokal.backends.gguf_meta import ArrayInfo, GgufError, GgufMeta, read_gguf_meta
+from lokal.backends.pool import ModelPool
+from lokal.backends.pool_entry import ModelState, Status
+from lokal.backends.spec import ModelSpec
+from lokal.server.ollama import ollama_name
 
 # llama.cpp's LLAMA_FTYPE values (general.file_type) by name.
 _FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from backends.gguf_meta import GgufError, read_gguf_meta
+from lokal.backends.gguf_meta import GgufError, read_gguf_meta
 
 PREFERRED_QUANTS = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q4_0", "Q4_1", "Q5_K_S", "Q6_K", "Q8_0")
 """Without a choice: the first of these the repo has (Q4_K_M, the usual size/quality balance)."""

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from server.errors import APIError
+from lokal.server.errors import APIError
 
 FILE_NAME = "responses.sqlite3"
 

@@ -9,17 +9,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import (
+from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
     Constraint,
     GenerationRequest,
     SamplingParams,
 )
-from server.errors import APIError
-from server.protocol.responses import ContentPart, CreateResponse, InputItem
-from server.settings import SchemaLimits
-from server.translate import ToolChoice, ToolPlan, check_schema, limited, tool_plan
+from lokal.server.errors import APIError
+from lokal.server.protocol.responses import ContentPart, CreateResponse, InputItem
+from lokal.server.settings import SchemaLimits
+from lokal.server.translate import ToolChoice, ToolPlan, check_schema, limited, tool_plan
 
 Item = dict[str, Any]
 """An input or output item in the shape the API returns it (ItemResource), with its id."""

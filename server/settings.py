@@ -11,7 +11,7 @@ import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class ServerSettings(BaseSettings):
     def budgets(self, gpu_memory: int = 0) -> dict[str, int]:
         """Bytes loaded models may hold: host RAM from --memory-budget (a share of the RAM
         available now), and each GPU's memory as NVML reports it."""
-        from backends.budget import available_ram, parse_size
+        from lokal.backends.budget import available_ram, parse_size
 
         budgets = {"cpu": parse_size(self.memory_budget, available_ram())}
         if gpu_memory:

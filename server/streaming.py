@@ -12,8 +12,8 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 
-from backends.base import Chunk
-from backends.errors import EngineFailure
+from lokal.backends.base import Chunk
+from lokal.backends.errors import EngineFailure
 
 
 @dataclass(frozen=True, slots=True)

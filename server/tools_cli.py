@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
-    from server.pull import PullError
+    from lokal.server.pull import PullError
 
     try:
         if args.command == "chat":
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "models":
             return _models(args, console)
         if args.command == "rm":
-            from server.pull import remove
+            from lokal.server.pull import remove
 
             for path in remove(args.model, args.models_dir):
                 console.print(f"deleted {path}", markup=False)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace, console: Any) -> int:
-    from server.pull import pull
+    from lokal.server.pull import pull
 
     path = pull(args.ref, args.models_dir, endpoint=os.environ.get("HF_ENDPOINT"),
                 say=lambda text: console.print(text, markup=False))
@@ -103,8 +103,8 @@ def _models(args: argparse.Namespace, console: Any) -> int:
     import yaml
     from rich.table import Table
 
-    from backends.budget import human
-    from backends.spec import ModelSpec
+    from lokal.backends.budget import human
+    from lokal.backends.spec import ModelSpec
 
     status: dict[str, str] = {}
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -140,7 +140,7 @@ def _models(args: argparse.Namespace, console: Any) -> int:
 
 
 def _chat(args: argparse.Namespace, console: Any) -> int:
-    from server.terminal_chat import LokalClient, TerminalChat
+    from lokal.server.terminal_chat import LokalClient, TerminalChat
 
     server: subprocess.Popen[bytes] | None = None
     url = args.url
@@ -176,7 +176,7 @@ def _start_server(args: argparse.Namespace,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+    command = [sys.executable, "-m", "lokal.server.cli", "serve", "--port", str(port),
                "--log-level", "warning"]
     for config in args.config or []:
         command += ["--config", str(config)]

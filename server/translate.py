@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backends.base import (
+from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
     Constraint,
@@ -20,18 +20,18 @@ from backends.base import (
     TokenPrompt,
     Usage,
 )
-from backends.tool_calls import Call, ToolCallParser, ToolFormat
-from backends.tools import tool_call_schema
-from server.errors import APIError
-from server.protocol.chat import (
+from lokal.backends.tool_calls import Call, ToolCallParser, ToolFormat
+from lokal.backends.tools import tool_call_schema
+from lokal.server.errors import APIError
+from lokal.server.protocol.chat import (
     ChatCompletionMessageParam,
     ChatCompletionRequest,
     ResponseFormat,
     ToolCallWire,
 )
-from server.protocol.common import CompletionUsage, SamplingFields
-from server.protocol.completions import CompletionRequest
-from server.settings import SchemaLimits
+from lokal.server.protocol.common import CompletionUsage, SamplingFields
+from lokal.server.protocol.completions import CompletionRequest
+from lokal.server.settings import SchemaLimits
 
 
 def _unsupported(param: str, why: str) -> APIError:

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from backends.base import Usage
-from backends.pool import ModelPool
+from lokal.backends.base import Usage
+from lokal.backends.pool import ModelPool
 
 # vLLM 0.x's defaults (vllm/v1/metrics/buckets.py), so dashboards and autoscalers built for
 # vLLM read lokal's histograms the same way.

@@ -112,7 +112,7 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None,
                  ready_timeout: float = 180.0) -> Server:
     port = free_port()
     log = tmp / f"lokal-{port}.log"
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "lokal.server.cli", "serve", "--port", str(port), *args]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
@@ -185,10 +185,10 @@ class HfVocab:
 @pytest.fixture(scope="session")
 def vocab(backend_name: str) -> Any:
     """The served model's tokenizer alone, to build token-id prompts honestly."""
-    from backends.spec import DEFAULT_CONFIG, ModelSpec
+    from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 
     if backend_name == "vllm":
-        from backends.vllm.engine import resolve_model
+        from lokal.backends.vllm.engine import resolve_model
 
         spec = ModelSpec.from_yaml(VLLM_CONFIG)
         assert spec.vllm is not None

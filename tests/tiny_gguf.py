@@ -89,8 +89,8 @@ def write_tiny_gguf(path: Path, *, seed: int = 0) -> Path:
 def tiny_backend(directory: Path, *, parallel: int) -> Iterator[Any]:
     """A started LlamaCppBackend over a fresh tiny GGUF in `directory`: 256 tokens of context
     per slot, `parallel` slots, one thread, 32 prompt tokens per step."""
-    from backends.llamacpp.backend import LlamaCppBackend
-    from backends.spec import ModelSpec
+    from lokal.backends.llamacpp.backend import LlamaCppBackend
+    from lokal.backends.spec import ModelSpec
 
     path = write_tiny_gguf(directory / "tiny.gguf")
     spec = ModelSpec.model_validate({

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from backends.base import (
+from lokal.backends.base import (
     BackendStats,
     Capabilities,
     ChatPrompt,
@@ -26,20 +26,20 @@ from backends.base import (
     TokenPrompt,
     Usage,
 )
-from backends.chat_template import ChatTemplate, template_source
-from backends.errors import (
+from lokal.backends.chat_template import ChatTemplate, template_source
+from lokal.backends.errors import (
     ContextLengthExceeded,
     EngineDown,
     EngineFailure,
     InvalidParameter,
     NotReady,
 )
-from backends.llamacpp.cache import copy_min_gain
-from backends.llamacpp.embedder import Embedder
-from backends.llamacpp.guidance import Guidance, LazyCall
-from backends.llamacpp.scheduler import Event, Job, Scheduler
-from backends.spec import ModelSpec
-from backends.tool_calls import CallTrigger, format_for_template
+from lokal.backends.llamacpp.cache import copy_min_gain
+from lokal.backends.llamacpp.embedder import Embedder
+from lokal.backends.llamacpp.guidance import Guidance, LazyCall
+from lokal.backends.llamacpp.scheduler import Event, Job, Scheduler
+from lokal.backends.spec import ModelSpec
+from lokal.backends.tool_calls import CallTrigger, format_for_template
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import llama_cpp
 
-from backends.base import EmbeddingRequest, EmbeddingResult, TextPrompt, TokenPrompt
-from backends.errors import Busy, EngineFailure, InputTooLong, InvalidParameter
-from backends.spec import EmbeddingOptions
+from lokal.backends.base import EmbeddingRequest, EmbeddingResult, TextPrompt, TokenPrompt
+from lokal.backends.errors import Busy, EngineFailure, InputTooLong, InvalidParameter
+from lokal.backends.spec import EmbeddingOptions
 
 logger = logging.getLogger(__name__)
 

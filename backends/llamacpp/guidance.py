@@ -19,11 +19,11 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from backends.base import Constraint
-from backends.errors import InvalidParameter
-from backends.json_schema import CALL_WHITESPACE, JSON_WHITESPACE, closed
-from backends.spec import GrammarLimits
-from backends.tool_calls import CallTrigger
+from lokal.backends.base import Constraint
+from lokal.backends.errors import InvalidParameter
+from lokal.backends.json_schema import CALL_WHITESPACE, JSON_WHITESPACE, closed
+from lokal.backends.spec import GrammarLimits
+from lokal.backends.tool_calls import CallTrigger
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ in its own context (prompt and reply so far) and copying what followed it there.
 
 from __future__ import annotations
 
-from backends.spec import Speculation
+from lokal.backends.spec import Speculation
 
 # The first draft of a sequence: short, until its text shows that it copies.
 FIRST_WINDOW = 4

@@ -7,7 +7,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from backends.base import SamplingParams
+from lokal.backends.base import SamplingParams
 
 # OpenAI's penalties count every generated token; llama.cpp's penalty sampler looks back a
 # fixed window. This window covers any completion a small CPU model produces in practice.

@@ -16,9 +16,9 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
-from backends.errors import Busy, EngineDown
-from backends.llamacpp.cache import (
+from lokal.backends.base import FinishReason, SamplingParams, TokenLogprob, TopLogprob
+from lokal.backends.errors import Busy, EngineDown
+from lokal.backends.llamacpp.cache import (
     Placement,
     PromptCache,
     Saved,
@@ -26,11 +26,11 @@ from backends.llamacpp.cache import (
     SlotTable,
     last_token_alone,
 )
-from backends.llamacpp.guidance import LazyCall, apply_mask
-from backends.llamacpp.lookup import Drafter
-from backends.llamacpp.sampling import SamplerChain, logits_row
-from backends.spec import Speculation
-from backends.stops import StopMatcher
+from lokal.backends.llamacpp.guidance import LazyCall, apply_mask
+from lokal.backends.llamacpp.lookup import Drafter
+from lokal.backends.llamacpp.sampling import SamplerChain, logits_row
+from lokal.backends.spec import Speculation
+from lokal.backends.stops import StopMatcher
 
 logger = logging.getLogger(__name__)
 

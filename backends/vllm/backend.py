@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
-from backends.base import (
+from lokal.backends.base import (
     BackendStats,
     Capabilities,
     ChatPrompt,
@@ -24,8 +24,8 @@ from backends.base import (
     TokenPrompt,
     Usage,
 )
-from backends.chat_template import ChatTemplate, template_source
-from backends.errors import (
+from lokal.backends.chat_template import ChatTemplate, template_source
+from lokal.backends.errors import (
     BackendError,
     BackendUnavailable,
     ContextLengthExceeded,
@@ -34,12 +34,12 @@ from backends.errors import (
     InvalidParameter,
     NotReady,
 )
-from backends.fim import FimFormat, fim_prompt, find_fim_format
-from backends.hardware import Hardware
-from backends.json_schema import closed
-from backends.spec import ModelSpec
-from backends.tool_calls import format_for_template
-from backends.vllm.engine import (
+from lokal.backends.fim import FimFormat, fim_prompt, find_fim_format
+from lokal.backends.hardware import Hardware
+from lokal.backends.json_schema import closed
+from lokal.backends.spec import ModelSpec
+from lokal.backends.tool_calls import format_for_template
+from lokal.backends.vllm.engine import (
     Engine,
     EngineDelta,
     EngineParams,

@@ -1,7 +1,7 @@
 """Convert a model YAML's GGUF file into an fp16 safetensors directory that vLLM can load.
 
 vLLM has no GGUF loader on CPU. Run in a venv with torch and transformers (the vLLM one):
-    python -m backends.vllm.convert --config configs/smollm2-135m-instruct.yaml --out DIR
+    python -m lokal.backends.vllm.convert --config configs/smollm2-135m-instruct.yaml --out DIR
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backends.spec import ModelSpec
+from lokal.backends.spec import ModelSpec
 
 
 def gguf_chat_template(gguf: Path) -> str | None:
@@ -56,7 +56,8 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backends.vllm.convert", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lokal.backends.vllm.convert",
+                                     description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="a model YAML with `gguf`")
     parser.add_argument("--out", type=Path, required=True, help="the HF directory to write")
     args = parser.parse_args(argv)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from backends.base import TokenLogprob, TopLogprob
-from backends.errors import BackendUnavailable, EngineFailure, InvalidParameter
+from lokal.backends.base import TokenLogprob, TopLogprob
+from lokal.backends.errors import BackendUnavailable, EngineFailure, InvalidParameter
 
 logger = logging.getLogger(__name__)
 

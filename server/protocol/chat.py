@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
-from server.protocol.common import (
+from lokal.server.protocol.common import (
     WIRE_CONFIG,
     CompletionUsage,
     FinishReasonWire,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from server.protocol.common import CompletionUsage, FinishReasonWire, SamplingFields
+from lokal.server.protocol.common import CompletionUsage, FinishReasonWire, SamplingFields
 
 PromptWire = str | list[str] | list[int] | list[list[int]]
 

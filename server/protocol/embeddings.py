@@ -14,7 +14,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from server.protocol.common import WIRE_CONFIG
+from lokal.server.protocol.common import WIRE_CONFIG
 
 # One text, several texts, one token array or several token arrays, as OpenAI's API. Lengths
 # are checked when translating, with OpenAI's messages.

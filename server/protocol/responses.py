@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from server.protocol.common import WIRE_CONFIG, Temperature, TopP
+from lokal.server.protocol.common import WIRE_CONFIG, Temperature, TopP
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from backends.events import OutputEvent
-from server.errors import APIError
-from server.streaming import Frame
+from lokal.backends.events import OutputEvent
+from lokal.server.errors import APIError
+from lokal.server.streaming import Frame
 
 
 class Renderer(Protocol):

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from server.errors import APIError, error_body
-from server.messages import tool_use_id
-from server.streaming import Frame
+from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.server.errors import APIError, error_body
+from lokal.server.messages import tool_use_id
+from lokal.server.streaming import Frame
 
 
 def stop_reason(finish: Finish | None) -> str:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from backends.events import Finish, OutputEvent, TextDelta
-from backends.tool_calls import Call
-from server.errors import APIError
-from server.streaming import Frame
+from lokal.backends.events import Finish, OutputEvent, TextDelta
+from lokal.backends.tool_calls import Call
+from lokal.server.errors import APIError
+from lokal.server.streaming import Frame
 
 
 def created_at() -> str:

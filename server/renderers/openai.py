@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backends.base import TokenLogprob
-from backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from server.errors import APIError, envelope
-from server.protocol.chat import ChatCompletion, ChatCompletionMessage, Choice
-from server.protocol.common import SamplingFields
-from server.protocol.completions import Completion, CompletionChoice
-from server.streaming import Frame
-from server.translate import (
+from lokal.backends.base import TokenLogprob
+from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.server.errors import APIError, envelope
+from lokal.server.protocol.chat import ChatCompletion, ChatCompletionMessage, Choice
+from lokal.server.protocol.common import SamplingFields
+from lokal.server.protocol.completions import Completion, CompletionChoice
+from lokal.server.streaming import Frame
+from lokal.server.translate import (
     UsageTotal,
     chat_logprobs,
     completion_logprobs,

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from server.errors import APIError
-from server.responses import Item, new_id
-from server.streaming import Frame
+from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.server.errors import APIError
+from lokal.server.responses import Item, new_id
+from lokal.server.streaming import Frame
 
 Save = Callable[[dict[str, Any]], Awaitable[None]]
 

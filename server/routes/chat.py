@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.deps import PoolDep, RequestIdDep, SettingsDep
-from server.generation import serve_generation
-from server.limits import reject_lone_surrogates
-from server.protocol.chat import ChatCompletionRequest
-from server.renderers.openai import ChatRenderer, StreamMeta
-from server.translate import chat_request, chat_tools
+from lokal.server.deps import PoolDep, RequestIdDep, SettingsDep
+from lokal.server.generation import serve_generation
+from lokal.server.limits import reject_lone_surrogates
+from lokal.server.protocol.chat import ChatCompletionRequest
+from lokal.server.renderers.openai import ChatRenderer, StreamMeta
+from lokal.server.translate import chat_request, chat_tools
 
 # A lone surrogate escape in the body is a 400 before anything reads its text.
 router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])

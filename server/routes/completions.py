@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.deps import PoolDep, RequestIdDep
-from server.generation import serve_generation
-from server.limits import reject_lone_surrogates
-from server.protocol.completions import CompletionRequest
-from server.renderers.openai import CompletionRenderer, StreamMeta
-from server.translate import completion_requests
+from lokal.server.deps import PoolDep, RequestIdDep
+from lokal.server.generation import serve_generation
+from lokal.server.limits import reject_lone_surrogates
+from lokal.server.protocol.completions import CompletionRequest
+from lokal.server.renderers.openai import CompletionRenderer, StreamMeta
+from lokal.server.translate import completion_requests
 
 # A lone surrogate escape in the body is a 400 before anything reads its text.
 router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])

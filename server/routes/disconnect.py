@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from server.errors import APIError
+from lokal.server.errors import APIError
 
 T = TypeVar("T")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from server.deps import PoolDep, RequestIdDep
-from server.embeddings import embedding_request, embedding_response
-from server.limits import reject_lone_surrogates
-from server.protocol.embeddings import EmbeddingCreateRequest
-from server.routes.disconnect import cancel_on_disconnect
+from lokal.server.deps import PoolDep, RequestIdDep
+from lokal.server.embeddings import embedding_request, embedding_response
+from lokal.server.limits import reject_lone_surrogates
+from lokal.server.protocol.embeddings import EmbeddingCreateRequest
+from lokal.server.routes.disconnect import cancel_on_disconnect
 
 # A lone surrogate escape in the body is a 400 before anything reads its text.
 router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from backends.pool import ModelPool
-from server.deps import PoolDep
+from lokal.backends.pool import ModelPool
+from lokal.server.deps import PoolDep
 
 router = APIRouter()
 
@@ -41,6 +41,6 @@ async def health(pool: PoolDep) -> JSONResponse:
 
 @router.get("/version")
 async def version() -> dict[str, str]:
-    from server.app import _version
+    from lokal.server.app import _version
 
     return {"version": _version()}

@@ -8,12 +8,12 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.deps import PoolDep, RequestIdDep, SettingsDep
-from server.generation import serve_generation
-from server.limits import reject_lone_surrogates
-from server.messages import translate
-from server.protocol.messages import CountTokensRequest, CreateMessageRequest
-from server.renderers.messages import MessagesRenderer
+from lokal.server.deps import PoolDep, RequestIdDep, SettingsDep
+from lokal.server.generation import serve_generation
+from lokal.server.limits import reject_lone_surrogates
+from lokal.server.messages import translate
+from lokal.server.protocol.messages import CountTokensRequest, CreateMessageRequest
+from lokal.server.renderers.messages import MessagesRenderer
 
 # A lone surrogate escape in the body is a 400 before anything reads its text.
 router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])

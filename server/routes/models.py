@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from backends.pool_entry import ModelState
-from server.deps import PoolDep
-from server.protocol.models import ListModelsResponse, Model
+from lokal.backends.pool_entry import ModelState
+from lokal.server.deps import PoolDep
+from lokal.server.protocol.models import ListModelsResponse, Model
 
 router = APIRouter()
 

@@ -10,13 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from backends.base import EmbeddingRequest, TextPrompt
-from backends.pool import ModelPool
-from server.deps import PoolDep, RequestIdDep, SettingsDep
-from server.embeddings import MAX_INPUTS
-from server.generation import serve_generation
-from server.limits import reject_lone_surrogates
-from server.ollama import (
+from lokal.backends.base import EmbeddingRequest, TextPrompt
+from lokal.backends.pool import ModelPool
+from lokal.server.deps import PoolDep, RequestIdDep, SettingsDep
+from lokal.server.embeddings import MAX_INPUTS
+from lokal.server.generation import serve_generation
+from lokal.server.limits import reject_lone_surrogates
+from lokal.server.ollama import (
     Translated,
     chat_request,
     generate_request,
@@ -25,8 +25,8 @@ from server.ollama import (
     ollama_error,
     sampling,
 )
-from server.ollama_models import describe, running, show, tag_entry
-from server.protocol.ollama import (
+from lokal.server.ollama_models import describe, running, show, tag_entry
+from lokal.server.protocol.ollama import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -35,13 +35,13 @@ from server.protocol.ollama import (
     OllamaOptions,
     ShowRequest,
 )
-from server.renderers.ollama import (
+from lokal.server.renderers.ollama import (
     OllamaChatRenderer,
     OllamaGenerateRenderer,
     Timing,
     created_at,
 )
-from server.routes.disconnect import cancel_on_disconnect
+from lokal.server.routes.disconnect import cancel_on_disconnect
 
 router = APIRouter()
 # A lone surrogate escape in the body is a 400 before anything reads its text.
@@ -53,7 +53,7 @@ NOT_HERE = ("lokal serves the models configured in its models directory (one YAM
 
 @api.get("/version")
 async def ollama_version() -> dict[str, str]:
-    from server.app import _version
+    from lokal.server.app import _version
 
     return {"version": _version()}
 

@@ -9,14 +9,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from server.deps import PoolDep, RequestIdDep, SettingsDep
-from server.errors import APIError
-from server.generation import serve_generation
-from server.limits import reject_lone_surrogates
-from server.protocol.responses import CreateResponse
-from server.renderers.responses import ResponseMeta, ResponsesRenderer, Save
-from server.response_store import ResponseStore
-from server.responses import echo, new_id, response_request
+from lokal.server.deps import PoolDep, RequestIdDep, SettingsDep
+from lokal.server.errors import APIError
+from lokal.server.generation import serve_generation
+from lokal.server.limits import reject_lone_surrogates
+from lokal.server.protocol.responses import CreateResponse
+from lokal.server.renderers.responses import ResponseMeta, ResponsesRenderer, Save
+from lokal.server.response_store import ResponseStore
+from lokal.server.responses import echo, new_id, response_request
 
 # A lone surrogate escape in the body is a 400 before anything reads its text.
 router = APIRouter(dependencies=[Depends(reject_lone_surrogates)])

@@ -8,8 +8,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from server.deps import SettingsDep
-from server.errors import APIError
+from lokal.server.deps import SettingsDep
+from lokal.server.errors import APIError
 
 router = APIRouter()
 

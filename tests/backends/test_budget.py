@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.budget import Resident, choose_unloads, parse_size
+from lokal.backends.budget import Resident, choose_unloads, parse_size
 
 GiB = 2**30
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.llamacpp.cache import (
+from lokal.backends.llamacpp.cache import (
     FA_TILE_ROWS,
     RUN_COST_TOKENS,
     PromptCache,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from backends.base import ChatMessage
-from backends.chat_template import ChatTemplate
-from backends.errors import InvalidParameter
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.base import ChatMessage
+from lokal.backends.chat_template import ChatTemplate
+from lokal.backends.errors import InvalidParameter
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 
 
 @pytest.fixture(scope="module")

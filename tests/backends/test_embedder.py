@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from backends.base import EmbeddingRequest, TextPrompt, TokenPrompt
-from backends.errors import Busy, InputTooLong, InvalidParameter
-from backends.spec import EmbeddingOptions
+from lokal.backends.base import EmbeddingRequest, TextPrompt, TokenPrompt
+from lokal.backends.errors import Busy, InputTooLong, InvalidParameter
+from lokal.backends.spec import EmbeddingOptions
 from tests.tiny_gguf import N_EMBD, char_ids, write_tiny_gguf
 
 
@@ -31,7 +31,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _embedder(model: Any, **options: Any) -> Any:
-    from backends.llamacpp.embedder import Embedder
+    from lokal.backends.llamacpp.embedder import Embedder
 
     return Embedder(model, EmbeddingOptions(enabled=True, **options), n_threads=1,
                     max_input=10_000)
@@ -62,7 +62,7 @@ class Collector:
 
 
 def _jobs(texts: list[str], request_id: str, collector: Collector, first: int) -> list[Any]:
-    from backends.llamacpp.embedder import EmbedJob
+    from lokal.backends.llamacpp.embedder import EmbedJob
 
     return [EmbedJob(request_id, [1, *char_ids(t)], collector.done(first + i))
             for i, t in enumerate(texts)]

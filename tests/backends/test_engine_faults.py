@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from backends.base import GenerationRequest, SamplingParams, TextPrompt
-from backends.errors import EngineDown, EngineFailure
-from backends.llamacpp.backend import LlamaCppBackend
+from lokal.backends.base import GenerationRequest, SamplingParams, TextPrompt
+from lokal.backends.errors import EngineDown, EngineFailure
+from lokal.backends.llamacpp.backend import LlamaCppBackend
 from tests.tiny_gguf import tiny_backend
 
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
-from backends.base import Chunk, TokenLogprob, Usage
-from backends.errors import EngineFailure
-from backends.events import (
+from lokal.backends.base import Chunk, TokenLogprob, Usage
+from lokal.backends.errors import EngineFailure
+from lokal.backends.events import (
     Failure,
     Finish,
     OutputEvent,
@@ -20,7 +20,7 @@ from backends.events import (
     drain,
     output_events,
 )
-from backends.tool_calls import ToolCallParser
+from lokal.backends.tool_calls import ToolCallParser
 
 CLOSED: list[bool] = []
 

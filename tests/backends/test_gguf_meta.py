@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.footprint import llamacpp_footprint
-from backends.gguf_meta import GgufError, read_gguf_meta
-from backends.spec import ModelSpec
+from lokal.backends.footprint import llamacpp_footprint
+from lokal.backends.gguf_meta import GgufError, read_gguf_meta
+from lokal.backends.spec import ModelSpec
 from tests.tiny_gguf import CHARS, N_EMBD, N_HEAD, N_LAYER, SPECIALS, write_tiny_gguf
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from backends.base import Constraint
-from backends.errors import InvalidParameter
-from backends.llamacpp.guidance import LOOSEN_MAX_TOOLS, Guidance, LazyCall, apply_mask
-from backends.spec import GrammarLimits
-from backends.tool_calls import CallTrigger
-from backends.tools import tool_call_schema
+from lokal.backends.base import Constraint
+from lokal.backends.errors import InvalidParameter
+from lokal.backends.llamacpp.guidance import LOOSEN_MAX_TOOLS, Guidance, LazyCall, apply_mask
+from lokal.backends.spec import GrammarLimits
+from lokal.backends.tool_calls import CallTrigger
+from lokal.backends.tools import tool_call_schema
 from tests.tiny_gguf import char_ids, write_tiny_gguf
 
 

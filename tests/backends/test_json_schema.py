@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from backends.json_schema import SAFE_INTEGER, closed
+from lokal.backends.json_schema import SAFE_INTEGER, closed
 
 WEATHER = {"type": "object", "required": ["city"],
            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backends.llamacpp.lookup import FIRST_WINDOW, MIN_RETURN, PRIOR, Drafter
-from backends.spec import Speculation
+from lokal.backends.llamacpp.lookup import FIRST_WINDOW, MIN_RETURN, PRIOR, Drafter
+from lokal.backends.spec import Speculation
 
 # Rows free (step_rows huge): drafting always pays, so these tests see every proposal.
 OPTS = Speculation(max_draft=8, min_ngram=2, max_ngram=3, step_rows=1e6)

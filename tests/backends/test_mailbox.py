@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from backends.llamacpp.backend import _Mailbox
-from backends.llamacpp.scheduler import Event
+from lokal.backends.llamacpp.backend import _Mailbox
+from lokal.backends.llamacpp.scheduler import Event
 
 
 def test_a_step_of_events_wakes_the_loop_once_and_keeps_their_order() -> None:

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from backends.base import Backend, GenerationRequest, SamplingParams, TextPrompt
-from backends.errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotReady
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.llamacpp.backend import LlamaCppBackend
-from backends.pool import ModelPool
-from backends.pool_entry import Status
-from backends.spec import ModelSpec
+from lokal.backends.base import Backend, GenerationRequest, SamplingParams, TextPrompt
+from lokal.backends.errors import ModelLoadFailed, ModelNotFound, ModelTooLarge, NotReady
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.llamacpp.backend import LlamaCppBackend
+from lokal.backends.pool import ModelPool
+from lokal.backends.pool_entry import Status
+from lokal.backends.spec import ModelSpec
 from tests.tiny_gguf import write_tiny_gguf
 
 MB = 2**20

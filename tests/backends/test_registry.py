@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from backends import registry
-from backends.errors import BackendUnavailable
-from backends.hardware import Hardware, _visible
-from backends.spec import ModelSpec
+from lokal.backends import registry
+from lokal.backends.errors import BackendUnavailable
+from lokal.backends.hardware import Hardware, _visible
+from lokal.backends.spec import ModelSpec
 
 GPU = Hardware(("NVIDIA H100",), "1 NVIDIA GPU(s) visible")
 CPU = Hardware((), "NVML reports no GPU")
@@ -75,7 +75,7 @@ def test_cuda_visible_devices(env: str | None, expected: list[int]) -> None:
 
 
 def test_probe_on_this_machine_finds_no_gpu() -> None:
-    from backends.hardware import probe
+    from lokal.backends.hardware import probe
 
     hw = probe()
     assert not hw.has_nvidia_gpu and hw.device == "cpu" and hw.note
@@ -83,7 +83,7 @@ def test_probe_on_this_machine_finds_no_gpu() -> None:
 
 def test_vllm_footprint_on_a_gpu_is_its_share_of_each_gpu_or_weights_plus_kv(
         tmp_path: Path) -> None:
-    from backends.footprint import vllm_footprint
+    from lokal.backends.footprint import vllm_footprint
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 4000)
     spec = ModelSpec.model_validate({"id": "m", "vllm": {"model": str(tmp_path)}})

@@ -11,8 +11,8 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from backends.base import SamplingParams
-from backends.llamacpp.scheduler import Event, Job, Scheduler
+from lokal.backends.base import SamplingParams
+from lokal.backends.llamacpp.scheduler import Event, Job, Scheduler
 from tests.tiny_gguf import BOS, FIRST_BYTE, char_ids, tiny_backend
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backends.stops import StopMatcher
+from lokal.backends.stops import StopMatcher
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backends.tool_calls import (
+from lokal.backends.tool_calls import (
     CallArguments,
     CallStart,
     CallTrigger,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from backends.base import (
+from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
     Chunk,
@@ -24,18 +24,18 @@ from backends.base import (
     TokenPrompt,
     TopLogprob,
 )
-from backends.errors import (
+from lokal.backends.errors import (
     BackendUnavailable,
     ContextLengthExceeded,
     EngineFailure,
     InvalidParameter,
     NotReady,
 )
-from backends.hardware import Hardware
-from backends.registry import create_backend
-from backends.spec import ModelSpec
-from backends.vllm.backend import VllmBackend, engine_args
-from backends.vllm.engine import EngineDelta, EngineParams, Structured
+from lokal.backends.hardware import Hardware
+from lokal.backends.registry import create_backend
+from lokal.backends.spec import ModelSpec
+from lokal.backends.vllm.backend import VllmBackend, engine_args
+from lokal.backends.vllm.engine import EngineDelta, EngineParams, Structured
 
 CPU = Hardware((), "NVML reports no GPU")
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -238,7 +238,7 @@ def test_closing_the_stream_aborts_every_engine_request(
         assert sorted(engine.closed) == ["r1-0", "r1-1"]  # no engine stream left running
         return backend
 
-    with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
+    with caplog.at_level(logging.INFO, logger="lokal.backends.vllm.backend"):
         backend = run(go())
     assert sorted(engine.aborted) == ["r1-0", "r1-1"]
     assert backend.stats().running == 0 and backend.stats().cancelled == 1
@@ -374,7 +374,7 @@ def test_registry_creates_the_vllm_adapter_without_importing_vllm(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from backends import registry
+    from lokal.backends import registry
 
     monkeypatch.setattr(registry, "_importable", lambda m: True)
     backend = create_backend(make_spec(tmp_path), CPU, forced="vllm")
@@ -404,7 +404,7 @@ def test_stream_cancelled_by_the_server_aborts_even_inside_a_cancelled_scope(
         assert engine.closed == ["r1"]  # no engine stream left running
         return backend
 
-    with caplog.at_level(logging.INFO, logger="backends.vllm.backend"):
+    with caplog.at_level(logging.INFO, logger="lokal.backends.vllm.backend"):
         backend = run(go())
     assert engine.aborted == ["r1"]
     assert backend.stats().running == 0 and backend.stats().cancelled == 1

@@ -14,8 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from backends.spec import ModelSpec
-from server.settings import ServerSettings
+from lokal.backends.spec import ModelSpec
+from lokal.server.settings import ServerSettings
 from tests.conftest import REPO
 from tests.deploy.chart import (
     CHART,

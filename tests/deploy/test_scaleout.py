@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from backends.spec import ModelSpec
+from lokal.backends.spec import ModelSpec
 from tests.conftest import REPO
 from tests.deploy.chart import (
     CHART,

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import MODEL, Server, start_server, stop_server
 
 # Properties of lokal's own llama.cpp scheduler (slots, its queue, prefill interleaving); vLLM's

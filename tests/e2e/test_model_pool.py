@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import REPO, Server, start_server, stop_server
 from tests.e2e.sse import read_events
 from tests.e2e.test_metrics import scrape, value

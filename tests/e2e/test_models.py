@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import MODEL, Server, start_server, stop_server
 from tests.openapi import validate
 
@@ -57,7 +57,7 @@ def test_config_file_and_missing_model_file(tmp_path: Path) -> None:
 
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("id: broken\ngguf:\n  path: does-not-exist.gguf\n")
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--config", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "lokal.server.cli", "serve", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import openai
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import REPO, start_server, stop_server
 from tests.fake_hub import serve_hub
 from tests.server.test_pull import REPO_ID, _hub
@@ -19,7 +19,7 @@ PULLED = "smollm2-135m-instruct-q4_1"
 
 
 def lokal(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "-m", "lokal.server.cli", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=300,
                           env={**os.environ, "COLUMNS": "200", **env})
 

@@ -28,7 +28,7 @@ def spawn(tmp: Path, *args: str) -> Server:
     port = free_port()
     log = tmp / f"lokal-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+        [sys.executable, "-m", "lokal.server.cli", "serve", "--port", str(port),
          "--context-length", "2048", *args],
         cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=dict(os.environ))
     return Server(f"http://127.0.0.1:{port}", proc, log)

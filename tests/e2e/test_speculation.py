@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
 from tests.conftest import MODEL, Server, start_server, stop_server
 
 pytestmark = pytest.mark.backends("llamacpp")

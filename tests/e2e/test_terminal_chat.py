@@ -25,7 +25,7 @@ def _spawn(*args: str, home: Path) -> pexpect.spawn:
            "PROMPT_TOOLKIT_NO_CPR": "1"}
     # Ctrl-C must reach the chat as SIGINT even where the suite runs as a background job,
     # whose children inherit SIGINT ignored (POSIX, without job control).
-    return pexpect.spawn(sys.executable, ["-m", "server.cli", "chat", *args], cwd=str(REPO),
+    return pexpect.spawn(sys.executable, ["-m", "lokal.server.cli", "chat", *args], cwd=str(REPO),
                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 160),
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

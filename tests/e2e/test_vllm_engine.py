@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from backends.base import (
+from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
     Chunk,
@@ -20,9 +20,9 @@ from backends.base import (
     SamplingParams,
     TextPrompt,
 )
-from backends.errors import BackendUnavailable, InvalidParameter
-from backends.hardware import probe
-from backends.spec import ModelSpec
+from lokal.backends.errors import BackendUnavailable, InvalidParameter
+from lokal.backends.hardware import probe
+from lokal.backends.spec import ModelSpec
 from tests.conftest import VLLM_CONFIG
 
 pytestmark = pytest.mark.backends("vllm")
@@ -55,7 +55,7 @@ def loop() -> Iterator[Loop]:
 
 @pytest.fixture(scope="module")
 def vllm(loop: Loop, backend_name: str) -> Iterator[Any]:
-    from backends.vllm.backend import VllmBackend
+    from lokal.backends.vllm.backend import VllmBackend
 
     backend = VllmBackend(ModelSpec.from_yaml(VLLM_CONFIG), probe(), reason="test")
     loop.run(backend.start(), timeout=900)
@@ -139,7 +139,7 @@ def test_closing_the_stream_aborts_the_engine_request(vllm: Any, loop: Loop) -> 
 
 
 def test_unknown_engine_argument_is_refused_by_vllm(backend_name: str) -> None:
-    from backends.vllm.engine import load_engine
+    from lokal.backends.vllm.engine import load_engine
 
     with pytest.raises(BackendUnavailable, match="no_such_argument"):
         load_engine({"model": "/nonexistent", "no_such_argument": 1})

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from fastapi.testclient import TestClient
 
-from backends.base import (
+from lokal.backends.base import (
     BackendStats,
     Capabilities,
     Chunk,
@@ -18,16 +18,16 @@ from backends.base import (
     GenerationRequest,
     ModelInfo,
 )
-from backends.events import OutputEvent
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.pool import ModelPool
-from backends.spec import ModelSpec
-from server.app import create_app
-from server.errors import APIError
-from server.renderers.base import Renderer
-from server.settings import ServerSettings
-from server.streaming import Frame
+from lokal.backends.events import OutputEvent
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.pool import ModelPool
+from lokal.backends.spec import ModelSpec
+from lokal.server.app import create_app
+from lokal.server.errors import APIError
+from lokal.server.renderers.base import Renderer
+from lokal.server.settings import ServerSettings
+from lokal.server.streaming import Frame
 
 Step = Chunk | Exception
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from server.auth import key_matches, presented_keys
-from server.settings import ServerSettings
+from lokal.server.auth import key_matches, presented_keys
+from lokal.server.settings import ServerSettings
 
 
 @pytest.mark.parametrize(("headers", "expected"), [

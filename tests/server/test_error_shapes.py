@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.pool import ModelPool
-from backends.spec import ModelSpec
-from server.app import create_app
-from server.errors import APIError, error_body, protocol_of
-from server.settings import ServerSettings
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.pool import ModelPool
+from lokal.backends.spec import ModelSpec
+from lokal.server.app import create_app
+from lokal.server.errors import APIError, error_body, protocol_of
+from lokal.server.settings import ServerSettings
 from tests.openapi import validate
 from tests.server.test_faults import FaultyBackend
 

@@ -10,15 +10,22 @@ from collections.abc import AsyncGenerator
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 
-from backends.base import BackendStats, Capabilities, Chunk, GenerationRequest, ModelInfo, Usage
-from backends.errors import Busy, EngineDown, EngineFailure, InvalidParameter
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.pool import ModelPool
-from backends.spec import ModelSpec
-from server.app import create_app
-from server.errors import to_api_error, validation_error
-from server.settings import ServerSettings
+from lokal.backends.base import (
+    BackendStats,
+    Capabilities,
+    Chunk,
+    GenerationRequest,
+    ModelInfo,
+    Usage,
+)
+from lokal.backends.errors import Busy, EngineDown, EngineFailure, InvalidParameter
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.pool import ModelPool
+from lokal.backends.spec import ModelSpec
+from lokal.server.app import create_app
+from lokal.server.errors import to_api_error, validation_error
+from lokal.server.settings import ServerSettings
 from tests.openapi import validate
 
 

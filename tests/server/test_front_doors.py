@@ -3,7 +3,7 @@ request metrics are labelled by its own route template."""
 
 from __future__ import annotations
 
-from backends.base import Chunk, Usage
+from lokal.backends.base import Chunk, Usage
 from tests.server.scripted import ScriptedBackend, scripted_client
 
 ROUTES = {

@@ -8,9 +8,9 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from backends.base import Chunk
-from server.errors import APIError
-from server.limits import with_deadline
+from lokal.backends.base import Chunk
+from lokal.server.errors import APIError
+from lokal.server.limits import with_deadline
 
 
 class Stream:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from server.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
+from lokal.server.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
 
 
 def _record(message: str) -> logging.LogRecord:

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from backends.base import ChatPrompt, Usage
-from backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from backends.tool_calls import Call
-from server.errors import APIError
-from server.messages import translate
-from server.protocol.messages import CreateMessageRequest
-from server.renderers.messages import MessagesRenderer
-from server.settings import SchemaLimits
+from lokal.backends.base import ChatPrompt, Usage
+from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.backends.tool_calls import Call
+from lokal.server.errors import APIError
+from lokal.server.messages import translate
+from lokal.server.protocol.messages import CreateMessageRequest
+from lokal.server.renderers.messages import MessagesRenderer
+from lokal.server.settings import SchemaLimits
 from tests.openapi import validate
 from tests.server.scripted import render
 

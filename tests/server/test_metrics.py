@@ -9,11 +9,11 @@ from collections.abc import AsyncGenerator
 
 from prometheus_client import generate_latest
 
-from backends.base import Chunk, Usage
-from backends.hardware import Hardware
-from backends.pool import ModelPool
-from backends.spec import ModelSpec
-from server.metrics import Metrics
+from lokal.backends.base import Chunk, Usage
+from lokal.backends.hardware import Hardware
+from lokal.backends.pool import ModelPool
+from lokal.backends.spec import ModelSpec
+from lokal.server.metrics import Metrics
 
 
 def _metrics() -> Metrics:

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from backends.base import ChatPrompt, Chunk, TextPrompt, Usage
-from server.errors import APIError
-from server.ollama import chat_request, keep_alive_seconds, sampling
-from server.protocol.ollama import ChatRequest, OllamaOptions
-from server.settings import SchemaLimits
+from lokal.backends.base import ChatPrompt, Chunk, TextPrompt, Usage
+from lokal.server.errors import APIError
+from lokal.server.ollama import chat_request, keep_alive_seconds, sampling
+from lokal.server.protocol.ollama import ChatRequest, OllamaOptions
+from lokal.server.settings import SchemaLimits
 from tests.server.scripted import ScriptedBackend, scripted_client
 
 SCRIPT = [Chunk(text="ok"), Chunk(text="!", finish_reason="stop", usage=Usage(4, 2))]

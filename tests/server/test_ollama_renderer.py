@@ -8,11 +8,11 @@ import json
 
 from ollama import ChatResponse, GenerateResponse
 
-from backends.base import Usage
-from backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from backends.tool_calls import Call
-from server.errors import APIError
-from server.renderers.ollama import OllamaChatRenderer, OllamaGenerateRenderer, Timing
+from lokal.backends.base import Usage
+from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.backends.tool_calls import Call
+from lokal.server.errors import APIError
+from lokal.server.renderers.ollama import OllamaChatRenderer, OllamaGenerateRenderer, Timing
 from tests.server.scripted import render
 
 TEXT: list[OutputEvent] = [TextDelta(0, "Hel"), TextDelta(0, "lo"),

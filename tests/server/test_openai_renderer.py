@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from backends.base import Usage
-from backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from backends.tool_calls import Call
-from server.errors import APIError
-from server.renderers.openai import ChatRenderer, CompletionRenderer, StreamMeta
+from lokal.backends.base import Usage
+from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.backends.tool_calls import Call
+from lokal.server.errors import APIError
+from lokal.server.renderers.openai import ChatRenderer, CompletionRenderer, StreamMeta
 from tests.openapi import validate
 from tests.server.scripted import render
 

@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from backends.spec import DEFAULT_CONFIG, ModelSpec
-from server.pull import HubFile, PullError, choose, model_id, parse_ref, pull, remove, sha256_of
+from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
+from lokal.server.pull import (
+    HubFile,
+    PullError,
+    choose,
+    model_id,
+    parse_ref,
+    pull,
+    remove,
+    sha256_of,
+)
 from tests.fake_hub import HubRepo, serve_hub
 
 REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from server.errors import APIError
-from server.response_store import FILE_NAME, ResponseStore
+from lokal.server.errors import APIError
+from lokal.server.response_store import FILE_NAME, ResponseStore
 
 
 def _response(rid: str, previous: str | None = None) -> dict[str, Any]:

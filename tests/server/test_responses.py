@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from backends.base import ChatPrompt, Chunk, Usage
-from backends.errors import EngineFailure
-from server.settings import ServerSettings
+from lokal.backends.base import ChatPrompt, Chunk, Usage
+from lokal.backends.errors import EngineFailure
+from lokal.server.settings import ServerSettings
 from tests.openapi import validate
 from tests.server.scripted import ScriptedBackend, scripted_client
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from backends.hardware import Hardware
-from backends.spec import DEFAULT_CONFIG
-from server.app import make_pool
-from server.cli import main
-from server.settings import ServerSettings
+from lokal.backends.hardware import Hardware
+from lokal.backends.spec import DEFAULT_CONFIG
+from lokal.server.app import make_pool
+from lokal.server.cli import main
+from lokal.server.settings import ServerSettings
 
 
 def write(path: Path, text: str) -> Path:

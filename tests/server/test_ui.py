@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from backends.footprint import Footprint
-from backends.hardware import Hardware
-from backends.pool import ModelPool
-from backends.spec import ModelSpec
-from server.app import create_app
-from server.cli import _parser
-from server.settings import ServerSettings
+from lokal.backends.footprint import Footprint
+from lokal.backends.hardware import Hardware
+from lokal.backends.pool import ModelPool
+from lokal.backends.spec import ModelSpec
+from lokal.server.app import create_app
+from lokal.server.cli import _parser
+from lokal.server.settings import ServerSettings
 from tests.server.test_faults import FaultyBackend
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}

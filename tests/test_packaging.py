@@ -1,0 +1,49 @@
+"""The wheel installs one import name, `lokal`, and carries every module and the chat page."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# the folders that install under `lokal` (pyproject's package-dir)
+FOLDERS = {"server": "lokal.server", "backends": "lokal.backends"}
+
+
+def _package_dir() -> tuple[dict[str, str], list[str]]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return dict(config["package-dir"]), list(config["packages"])
+
+
+def test_every_folder_with_code_is_a_listed_package() -> None:
+    mapping, packages = _package_dir()
+    assert mapping == {name: folder for folder, name in FOLDERS.items()}
+    found = set()
+    for folder, name in FOLDERS.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name, *rel)))
+    # the chat page ships as package data of its own folders
+    found |= {"lokal.server.ui", "lokal.server.ui.vendor"}
+    assert sorted(packages) == sorted(found)
+
+
+def test_the_wheel_holds_only_lokal(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("lokal-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    (top_level,) = (n for n in names if n.endswith(".dist-info/top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["lokal"]
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"lokal"}
+    for folder, name in FOLDERS.items():
+        for source in (REPO / folder).rglob("*.py"):
+            if "node_modules" in source.parts:
+                continue
+            member = "/".join((*name.split("."), *source.relative_to(REPO / folder).parts))
+            assert member in names, f"{source} is missing from the wheel"
+    assert "lokal/server/ui/index.html" in names and "lokal/server/ui/app.js" in names
