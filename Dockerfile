@@ -49,6 +49,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY --from=ui /ui/vendor ./server/ui/vendor
+COPY client ./client
 COPY backends ./backends
 COPY configs ./configs
 # Editable, so that the bundled configs/ (found next to the source) stay the default model.
@@ -107,6 +108,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY --from=ui /ui/vendor ./server/ui/vendor
+COPY client ./client
 COPY backends ./backends
 COPY configs ./configs
 # lokal's own dependencies except the llama.cpp engine's: llama-cpp-python (no compiler here,

@@ -92,12 +92,12 @@ test: $(STAMP) $(GEMMA_GGUF) $(QWEN_GGUF) ui browser lint typecheck
 	$(MAKE) test-vllm
 
 lint: $(STAMP)
-	$(BIN)/ruff check server backends tests $(wildcard bench)
+	$(BIN)/ruff check server client backends tests $(wildcard bench)
 
 # The import names mypy checks (lokal.server, ...) laid out as links to the folders.
 typecheck: $(STAMP)
 	mkdir -p .cache/typecheck/lokal
-	for d in server backends; do ln -sfn ../../../$$d .cache/typecheck/lokal/$$d; done
+	for d in server client backends; do ln -sfn ../../../$$d .cache/typecheck/lokal/$$d; done
 	$(BIN)/mypy
 
 check: lint typecheck test

@@ -29,7 +29,7 @@ CACHE_DIR = BENCH_DIR / ".cache"
 OUT_DIR = BENCH_DIR / "out"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 # the folders that install as lokal.<folder>
-PACKAGE_FOLDERS = ("server", "backends")
+PACKAGE_FOLDERS = ("server", "client", "backends")
 
 
 # --- statistics ------------------------------------------------------------------------------

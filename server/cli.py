@@ -1,5 +1,5 @@
 """`lokal serve|chat|pull|models|rm`: command-line flags -> ServerSettings -> uvicorn, or the
-client commands (server/tools_cli.py)."""
+client commands, which live in lokal.client (imported only when one is run)."""
 
 from __future__ import annotations
 
@@ -66,18 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", dest="data_dir", type=Path,
                        help="where stored Responses live (default: the user's data "
                        "directory; LOKAL_DATA_DIR)")
-    from lokal.server import tools_cli
+    from lokal.client import commands
 
-    tools_cli.add_commands(sub)
+    commands.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":
-        from lokal.server import tools_cli
+        from lokal.client import commands
 
-        return tools_cli.run(args)
+        return commands.run(args)
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items() if k != "command" and v is not None
     }

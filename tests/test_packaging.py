@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # the folders that install under `lokal` (pyproject's package-dir)
-FOLDERS = {"server": "lokal.server", "backends": "lokal.backends"}
+FOLDERS = {"server": "lokal.server", "client": "lokal.client", "backends": "lokal.backends"}
 
 
 def _package_dir() -> tuple[dict[str, str], list[str]]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import openai
 
 from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
+from tests.client.test_pull import REPO_ID, _hub
 from tests.conftest import REPO, start_server, stop_server
 from tests.fake_hub import serve_hub
-from tests.server.test_pull import REPO_ID, _hub
 
 PULLED = "smollm2-135m-instruct-q4_1"
 

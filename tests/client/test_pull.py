@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
-from lokal.server.pull import (
+from lokal.client.pull import (
     HubFile,
     PullError,
     choose,

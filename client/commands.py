@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
-    from lokal.server.pull import PullError
+    from lokal.client.pull import PullError
 
     try:
         if args.command == "chat":
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "models":
             return _models(args, console)
         if args.command == "rm":
-            from lokal.server.pull import remove
+            from lokal.client.pull import remove
 
             for path in remove(args.model, args.models_dir):
                 console.print(f"deleted {path}", markup=False)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace, console: Any) -> int:
-    from lokal.server.pull import pull
+    from lokal.client.pull import pull
 
     path = pull(args.ref, args.models_dir, endpoint=os.environ.get("HF_ENDPOINT"),
                 say=lambda text: console.print(text, markup=False))
@@ -140,7 +140,7 @@ def _models(args: argparse.Namespace, console: Any) -> int:
 
 
 def _chat(args: argparse.Namespace, console: Any) -> int:
-    from lokal.server.terminal_chat import LokalClient, TerminalChat
+    from lokal.client.chat import LokalClient, TerminalChat
 
     server: subprocess.Popen[bytes] | None = None
     url = args.url
@@ -176,6 +176,8 @@ def _start_server(args: argparse.Namespace,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # `lokal serve` in a child process, named by its module so that it is this interpreter's
+    # lokal even off PATH; the client itself never imports the server.
     command = [sys.executable, "-m", "lokal.server.cli", "serve", "--port", str(port),
                "--log-level", "warning"]
     for config in args.config or []:
