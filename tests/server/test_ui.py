@@ -47,7 +47,8 @@ def test_browsers_get_the_page_and_other_clients_the_probe() -> None:
     ("app.js", "text/javascript"), ("api.js", "text/javascript"),
     ("markdown.js", "text/javascript"), ("store.js", "text/javascript"),
     ("dom.js", "text/javascript"), ("sidebar.js", "text/javascript"),
-    ("thread.js", "text/javascript"),
+    ("thread.js", "text/javascript"), ("chat.js", "text/javascript"),
+    ("models.js", "text/javascript"), ("state.js", "text/javascript"),
     ("style.css", "text/css"), ("index.html", "text/html"),
 ])
 def test_assets_are_served_with_their_types(path: str, media_type: str) -> None:
