@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lokal.backends.base import ChatMessage
-from lokal.backends.tool_calls import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from lokal.backends.tool_formats import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 GENERIC_TOOL_PROMPT = """You can call functions to help answer. The available functions, \
 as JSON schemas:

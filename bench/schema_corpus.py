@@ -253,9 +253,9 @@ def schemastore_corpus() -> dict[str, Any]:
 def classify(guidance: Any, schema: Any) -> tuple[str, str]:
     from lokal.backends.base import Constraint
     from lokal.backends.errors import InvalidParameter
+    from lokal.server.doors.translate import check_schema
     from lokal.server.errors import APIError
     from lokal.server.settings import SchemaLimits
-    from lokal.server.translate import check_schema
 
     if isinstance(schema, dict) and "__skip__" in schema:
         return "skipped", schema["__skip__"]

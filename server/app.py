@@ -19,23 +19,18 @@ from lokal.backends.hardware import Hardware, probe
 from lokal.backends.pool import ModelPool
 from lokal.server import errors
 from lokal.server.auth import APIKeyMiddleware
+from lokal.server.doors import anthropic, ollama, openai, responses
+from lokal.server.doors.door import Door
+from lokal.server.doors.responses.store import ResponseStore
 from lokal.server.limits import BodyLimitMiddleware, HeaderLimitMiddleware
 from lokal.server.logs import REQUEST_ID
 from lokal.server.metrics import Metrics, RequestMetricsMiddleware
-from lokal.server.response_store import ResponseStore
-from lokal.server.routes import (
-    chat,
-    completions,
-    embeddings,
-    health,
-    messages,
-    metrics,
-    models,
-    ollama,
-    responses,
-    ui,
-)
+from lokal.server.routes import health, metrics, ui
 from lokal.server.settings import ServerSettings
+from lokal.server.version import lokal_version
+
+# The front doors, each a folder under server/doors; a new protocol is one more entry.
+DOORS: tuple[Door, ...] = (openai.door, anthropic.door, responses.door, ollama.door)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +55,7 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
             the_pool = make_pool(settings, probe())
             the_pool.prepare()
         app.state.pool = the_pool
-        app.state.metrics = Metrics(the_pool, _version())
+        app.state.metrics = Metrics(the_pool, lokal_version())
         app.state.responses = ResponseStore(settings.data_dir, settings.responses_max_stored,
                                             settings.responses_max_bytes)
         # Load in the background: /health/live answers at once, /health/ready says 503 until
@@ -75,7 +70,7 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
             app.state.responses.close()
             logger.info("engines stopped")
 
-    app = FastAPI(title="lokal", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="lokal", version=lokal_version(), lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
@@ -93,9 +88,11 @@ def create_app(settings: ServerSettings, pool: ModelPool | None = None) -> FastA
     app.add_middleware(RequestMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for router in (chat.router, completions.router, embeddings.router, models.router,
-                   messages.router, responses.router, ui.router, ollama.router, health.router,
-                   metrics.router):
+    app.state.envelopes = [(path, door.envelope) for door in DOORS for path in door.paths]
+    for door in DOORS:
+        for router in door.routers:
+            app.include_router(router)
+    for router in (ui.router, health.router, metrics.router):
         app.include_router(router)
     return app
 
@@ -108,15 +105,6 @@ async def _load(pool: ModelPool, app_metrics: Metrics) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return
     logger.info("ready: %s", ", ".join(m.id for m in pool.models()) or "no model preloaded")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lokal")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 class RequestIdMiddleware:
@@ -151,7 +139,8 @@ class RequestIdMiddleware:
             # logged once here, never the exception text.
             if started:
                 raise
-            answer = errors.error_response(exc, rid, scope["path"])
+            envelope = errors.envelope_for(scope["app"], scope["path"])
+            answer = errors.error_response(exc, rid, envelope)
             await answer(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)

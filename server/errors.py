@@ -1,21 +1,24 @@
-"""Exception -> OpenAI error envelope: one table for plain responses and mid-stream SSE events."""
+"""Exception -> error envelope: one table for plain responses and mid-stream events; the
+shape is the owning front door's (OpenAI's by default)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
+from typing_extensions import TypedDict
 
 from lokal.backends.errors import (
     BackendError,
     Busy,
     ContextLengthExceeded,
+    DeadlineExceeded,
     EngineDown,
     EngineFailure,
     InvalidParameter,
@@ -25,9 +28,19 @@ from lokal.backends.errors import (
     ModelTooLarge,
     NotReady,
 )
-from lokal.server.protocol.common import ErrorResponse
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorBody(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(TypedDict):
+    error: ErrorBody
 
 
 class APIError(Exception):
@@ -83,6 +96,10 @@ def to_api_error(exc: BaseException, request_id: str) -> APIError:
     if isinstance(exc, EngineDown):
         return APIError(503, f"{exc.message}; the server must be restarted", type="server_error",
                         code="engine_down")
+    if isinstance(exc, DeadlineExceeded):  # what limits.with_deadline answers, word for word
+        return APIError(504, f"The request took longer than this server's limit of "
+                        f"{exc.seconds:g} seconds (LOKAL_REQUEST_TIMEOUT).", type="server_error",
+                        code="timeout")
     if isinstance(exc, EngineFailure | BackendError):
         logger.error("request %s: engine failure: %s", request_id, exc)
     else:
@@ -99,45 +116,32 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "unknown"))
 
 
-Protocol = Literal["openai", "anthropic", "ollama"]
-
-# Anthropic's error types by status, those its OpenAPI document lists (its docs also name a
-# request_too_large, which the document's ErrorResponse does not allow: 413 is a plain
-# invalid_request_error here).
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
-                    500: "api_error", 503: "overloaded_error", 504: "timeout_error"}
+Envelope = Callable[[APIError, str], dict[str, Any]]
+"""A protocol's error body for an error and the request's id (each front door has one)."""
 
 
-def protocol_of(path: str) -> Protocol:
-    """Whose error shape a request expects, from its path: Anthropic's Messages routes,
-    Ollama's /api routes, OpenAI's for everything else. Middlewares answer before routing
-    (401, 413, 431, 408), so the path is what they have."""
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        return "anthropic"
-    if path == "/api" or path.startswith("/api/"):
-        return "ollama"
-    return "openai"
-
-
-def error_body(err: APIError, protocol: Protocol, request_id: str) -> dict[str, Any]:
-    """`err` in `protocol`'s envelope: OpenAI's {"error": {message, type, param, code}},
-    Anthropic's {"type": "error", "error": {type, message}, "request_id"}, Ollama's
-    {"error": message}."""
-    if protocol == "anthropic":
-        kind = _ANTHROPIC_TYPES.get(err.status, "api_error" if err.status >= 500
-                                    else "invalid_request_error")
-        return {"type": "error", "error": {"type": kind, "message": err.message},
-                "request_id": request_id}
-    if protocol == "ollama":
-        return {"error": err.message}
+def openai_envelope(err: APIError, request_id: str) -> dict[str, Any]:
+    """OpenAI's {"error": {message, type, param, code}}: the server's own shape, for every
+    path no front door claims."""
     return dict(envelope(err.message, err.type, err.param, err.code))
 
 
-def error_response(exc: BaseException, request_id: str, path: str = "") -> JSONResponse:
+def envelope_for(app: Any, path: str) -> Envelope:
+    """The envelope of the front door that owns `path` (the longest of the path prefixes the
+    doors registered on `app.state.envelopes`), OpenAI's otherwise. Middlewares answer before
+    routing (401, 413, 431, 408), so the path is what they have."""
+    best, found = -1, openai_envelope
+    for prefix, door_envelope in getattr(app.state, "envelopes", ()):
+        if (path == prefix or path.startswith(prefix + "/")) and len(prefix) > best:
+            best, found = len(prefix), door_envelope
+    return found
+
+
+def error_response(exc: BaseException, request_id: str,
+                   body: Envelope = openai_envelope) -> JSONResponse:
     err = to_api_error(exc, request_id)
     return JSONResponse(
-        error_body(err, protocol_of(path), request_id),
+        body(err, request_id),
         status_code=err.status,
         headers={**err.headers, "X-Request-ID": request_id},
     )
@@ -147,7 +151,8 @@ async def send_error(exc: BaseException, scope: Scope, receive: Receive, send: S
     """A middleware's refusal: `exc` as the answer, with the request's id, in the envelope of
     the protocol its path belongs to."""
     request_id = str(scope.get("state", {}).get("request_id", "unknown"))
-    await error_response(exc, request_id, scope["path"])(scope, receive, send)
+    body = envelope_for(scope["app"], scope["path"])
+    await error_response(exc, request_id, body)(scope, receive, send)
 
 
 def _param(loc: Sequence[Any]) -> str | None:
@@ -191,16 +196,18 @@ def install(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return error_response(validation_error(exc), request_id_of(request),
-                              request.url.path)
+                              envelope_for(request.app, request.url.path))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = "not_found" if exc.status_code == 404 else None
         err = APIError(exc.status_code, str(exc.detail), code=kind)
-        return error_response(err, request_id_of(request), request.url.path)
+        return error_response(err, request_id_of(request),
+                              envelope_for(request.app, request.url.path))
 
     async def on_any(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc, request_id_of(request), request.url.path)
+        return error_response(exc, request_id_of(request),
+                              envelope_for(request.app, request.url.path))
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -7,26 +7,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from lokal.backends.base import Chunk, GenerationRequest
+from lokal.backends.base import Chunk, GenerationRequest, ModelInfo
+from lokal.backends.errors import EngineFailure
 from lokal.backends.events import Failure, OutputEvent, drain, output_events
 from lokal.backends.pool import ModelPool
 from lokal.backends.pool_entry import Lease
+from lokal.server.disconnect import cancel_on_disconnect
+from lokal.server.doors.render import Renderer
+from lokal.server.doors.translate import ToolPlan
 from lokal.server.errors import request_id_of, to_api_error
 from lokal.server.limits import with_deadline
-from lokal.server.metrics import Metrics
-from lokal.server.renderers.base import Renderer
-from lokal.server.routes.disconnect import cancel_on_disconnect
+from lokal.server.metrics import GenerationWatch, Metrics
 from lokal.server.settings import ServerSettings
-from lokal.server.streaming import Frame, ndjson_response, prime, sse_response
-from lokal.server.translate import ToolMode
+from lokal.server.streaming import Frame, ndjson_line, ndjson_response, sse_event, sse_response
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def serve_generation(
@@ -37,28 +40,28 @@ async def serve_generation(
     renderer: Renderer,
     *,
     stream: bool,
-    tools: ToolMode | None = None,
+    tools: ToolPlan | None = None,
 ) -> Response:
     """Runs `generations` (several: one per prompt of a legacy completions request, whose
     choices are renumbered prompt by prompt) on `model` and answers in `renderer`'s protocol.
     Every generation is primed first, so a bad prompt anywhere is a plain 4xx."""
-    primed: list[AsyncGenerator[Chunk, None]] = []
+    primed: list[Started] = []
     try:
         for generation in generations:
             primed.append(await start(request, pool, model, generation))
     except BaseException:
-        for chunks in primed:
-            await chunks.aclose()
+        for started in primed:
+            await started.close()
         raise
-    chunks = primed[0] if len(primed) == 1 else _renumbered(primed, generations[0].n)
-    if tools is not None:  # the model is loaded now: its own tool-call format
-        tools = replace(tools, format=pool.find(model).info.tool_format)
-    events = output_events(chunks, tools.parser if tools is not None else None)
+    info = primed[0].info
+    chunks = primed[0].chunks if len(primed) == 1 else _renumbered(primed, generations[0].n)
+    # the model is loaded now: calls are read in its own tool-call format
+    events = output_events(chunks, tools.parsers(info.tool_format) if tools else None)
     if stream:
-        frames = _frames(renderer, events, request_id_of(request))
         if renderer.framing == "ndjson":
-            return ndjson_response(frames)
-        return sse_response(frames, renderer.ping)
+            return ndjson_response(_frames(renderer, events, request_id_of(request), ndjson_line))
+        return sse_response(_frames(renderer, events, request_id_of(request), sse_event),
+                            renderer.ping)
     try:
         body = await cancel_on_disconnect(request, _collect(renderer, events))
     finally:
@@ -71,16 +74,19 @@ async def _collect(renderer: Renderer, events: AsyncIterator[OutputEvent]) -> ob
 
 
 async def _frames(
-    renderer: Renderer, events: AsyncGenerator[OutputEvent, None], request_id: str
-) -> AsyncIterator[Frame]:
+    renderer: Renderer, events: AsyncGenerator[OutputEvent, None], request_id: str,
+    framed: Callable[[Frame], T],
+) -> AsyncIterator[T]:
+    """The renderer's frames for `events`, each already `framed` for the wire (SSE or NDJSON):
+    the framing happens here rather than in one more generator per chunk."""
     try:
         for frame in renderer.head():
-            yield frame
+            yield framed(frame)
         async for event in events:
             if isinstance(event, Failure):
                 raise event.error
             for frame in renderer.event(event):
-                yield frame
+                yield framed(frame)
         tail = await renderer.tail()
     except Exception as exc:
         err = to_api_error(exc, request_id)
@@ -89,14 +95,33 @@ async def _frames(
     finally:
         await events.aclose()
     for frame in tail:
-        yield frame
+        yield framed(frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A generation whose first chunk has come: the stream (that chunk first), and the
+    serving model's info."""
+
+    chunks: AsyncGenerator[Chunk, None]
+    info: ModelInfo
+    lease: Lease
+
+    async def close(self) -> None:
+        """Stops the engine's work and releases the lease, also when nobody ever iterated
+        the stream (closing a generator that never started does not run its finally)."""
+        try:
+            await self.chunks.aclose()
+        finally:
+            self.lease.release()
 
 
 async def start(
     request: Request, pool: ModelPool, model: str, generation: GenerationRequest
-) -> AsyncGenerator[Chunk, None]:
+) -> Started:
     """Leases `model` (loading it if need be), starts `generation` and waits for its first
-    chunk, so that caller faults raise here; the lease is released when the stream closes."""
+    chunk, so that caller faults raise here, before any HTTP status; the lease is released
+    when the stream closes."""
     settings: ServerSettings = request.app.state.settings
     metrics: Metrics = request.app.state.metrics
     started: float = getattr(request.state, "started", None) or time.perf_counter()
@@ -107,22 +132,35 @@ async def start(
         request.state.model = model_id  # the metrics middleware labels the request with it
         if settings.log_prompts:
             logger.info("prompt for %s: %r", model_id, generation.prompt)
-        chunks = metrics.observe(backend.generate(generation), model_id, started,
-                                 vllm_names=backend.info.backend == "llamacpp")
+        chunks = backend.generate(generation)
         if settings.request_timeout > 0:
             chunks = with_deadline(chunks, started, settings.request_timeout)
-        return await prime(_released(chunks, lease))
+        watch = metrics.watch(model_id, started, vllm_names=backend.info.backend == "llamacpp")
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise EngineFailure("the engine ended the stream without a result") from None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        watch.chunk(first)
+        return Started(_served(first, chunks, watch, lease), backend.info, lease)
     except BaseException:
         lease.release()
         raise
 
 
-async def _released(
-    chunks: AsyncGenerator[Chunk, None], lease: Lease
-) -> AsyncGenerator[Chunk, None]:
+async def _served(first: Chunk, chunks: AsyncGenerator[Chunk, None], watch: GenerationWatch,
+                  lease: Lease) -> AsyncGenerator[Chunk, None]:
+    """The primed stream: its first chunk, then the rest, each shown to the metrics watch;
+    closing it stops the engine's work and releases the lease. One generator for all three,
+    since every chunk of every stream passes through it."""
     try:
+        yield first
         async for chunk in chunks:
+            watch.chunk(chunk)
             yield chunk
+        watch.ended()
     finally:
         try:
             await chunks.aclose()
@@ -130,14 +168,12 @@ async def _released(
             lease.release()
 
 
-async def _renumbered(
-    streams: list[AsyncGenerator[Chunk, None]], n: int
-) -> AsyncGenerator[Chunk, None]:
+async def _renumbered(streams: list[Started], n: int) -> AsyncGenerator[Chunk, None]:
     """Choice i of prompt p becomes index p * n + i, as in OpenAI's API."""
     try:
         for p, stream in enumerate(streams):
-            async for chunk in stream:
+            async for chunk in stream.chunks:
                 yield replace(chunk, index=p * n + chunk.index) if p else chunk
     finally:
         for stream in streams:
-            await stream.aclose()
+            await stream.close()

@@ -64,55 +64,78 @@ class Metrics:
         r.register(EngineCollector(pool, version))
         r.register(vllm)
 
+    def watch(self, model: str, started: float, vllm_names: bool = False) -> GenerationWatch:
+        """A watch over one generation's chunks (`started` is the request's time.perf_counter
+        at arrival). With `vllm_names` (a llama.cpp-engine model) the vllm:* series are
+        observed too."""
+        return GenerationWatch(self, model, started, vllm_names)
+
     async def observe(
         self, chunks: AsyncGenerator[Chunk, None], model: str, started: float,
         vllm_names: bool = False,
     ) -> AsyncGenerator[Chunk, None]:
-        """Passes one generation's chunks through, timing them (`started` is the request's
-        time.perf_counter at arrival) and counting the tokens the engine reports. With
-        `vllm_names` (a llama.cpp-engine model) the vllm:* series are observed too."""
-        first_token_seen = False
-        last_token_at: dict[int, float] = {}
-        prompt_counted = False
-        finish: str | None = None
-        inter_token_latency = self.inter_token_latency.labels(model)  # once, not per token
-        vllm_itl = self.vllm.itl.labels(model, ENGINE) if vllm_names else None
+        """`chunks` passed through a watch (see watch())."""
+        watch = self.watch(model, started, vllm_names)
         try:
             async for chunk in chunks:
-                now = time.perf_counter()
-                if chunk.queue_seconds is not None:  # engines that queue report the wait
-                    self.queue_time.labels(model).observe(chunk.queue_seconds)
-                    if vllm_names:
-                        self.vllm.queue.labels(model, ENGINE).observe(chunk.queue_seconds)
-                tokens = len(chunk.token_ids) or (1 if chunk.text else 0)
-                if tokens:
-                    if not first_token_seen:
-                        first_token_seen = True
-                        self.time_to_first_token.labels(model).observe(now - started)
-                        if vllm_names:
-                            self.vllm.ttft.labels(model, ENGINE).observe(now - started)
-                    previous = last_token_at.get(chunk.index)
-                    if previous is not None:
-                        gap = (now - previous) / tokens
-                        for _ in range(tokens):
-                            inter_token_latency.observe(gap)
-                            if vllm_itl is not None:
-                                vllm_itl.observe(gap)
-                    last_token_at[chunk.index] = now
-                if chunk.usage is not None:
-                    self.generation_tokens.labels(model).inc(chunk.usage.completion_tokens)
-                    if vllm_names:
-                        self.vllm.usage(model, chunk.usage, prompt_counted)
-                    if not prompt_counted:  # n choices of one prompt share it
-                        prompt_counted = True
-                        self.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
-                if chunk.finish_reason is not None:
-                    finish = chunk.finish_reason
+                watch.chunk(chunk)
                 yield chunk
-            if vllm_names and finish is not None:  # ran to its end, as vLLM counts them
-                self.vllm.finished(model, started, finish)
+            watch.ended()
         finally:
             await chunks.aclose()
+
+
+class GenerationWatch:
+    """Times one generation's chunks as they arrive and counts the tokens the engine reports;
+    the caller passes every chunk to chunk() and calls ended() when the stream ran out (a
+    plain call per chunk: no generator of its own in the streaming path)."""
+
+    def __init__(self, metrics: Metrics, model: str, started: float, vllm_names: bool) -> None:
+        self.metrics, self.model, self.started, self.vllm_names = (metrics, model, started,
+                                                                   vllm_names)
+        self.first_token_seen = False
+        self.last_token_at: dict[int, float] = {}
+        self.prompt_counted = False
+        self.finish: str | None = None
+        self.inter_token_latency = metrics.inter_token_latency.labels(model)  # once per stream
+        self.vllm_itl = metrics.vllm.itl.labels(model, ENGINE) if vllm_names else None
+
+    def chunk(self, chunk: Chunk) -> None:
+        m, model = self.metrics, self.model
+        now = time.perf_counter()
+        if chunk.queue_seconds is not None:  # engines that queue report the wait
+            m.queue_time.labels(model).observe(chunk.queue_seconds)
+            if self.vllm_names:
+                m.vllm.queue.labels(model, ENGINE).observe(chunk.queue_seconds)
+        tokens = len(chunk.token_ids) or (1 if chunk.text else 0)
+        if tokens:
+            if not self.first_token_seen:
+                self.first_token_seen = True
+                m.time_to_first_token.labels(model).observe(now - self.started)
+                if self.vllm_names:
+                    m.vllm.ttft.labels(model, ENGINE).observe(now - self.started)
+            previous = self.last_token_at.get(chunk.index)
+            if previous is not None:
+                gap = (now - previous) / tokens
+                for _ in range(tokens):
+                    self.inter_token_latency.observe(gap)
+                    if self.vllm_itl is not None:
+                        self.vllm_itl.observe(gap)
+            self.last_token_at[chunk.index] = now
+        if chunk.usage is not None:
+            m.generation_tokens.labels(model).inc(chunk.usage.completion_tokens)
+            if self.vllm_names:
+                m.vllm.usage(model, chunk.usage, self.prompt_counted)
+            if not self.prompt_counted:  # n choices of one prompt share it
+                self.prompt_counted = True
+                m.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
+        if chunk.finish_reason is not None:
+            self.finish = chunk.finish_reason
+
+    def ended(self) -> None:
+        """The stream ran to its end (not cancelled)."""
+        if self.vllm_names and self.finish is not None:  # as vLLM counts finished requests
+            self.metrics.vllm.finished(self.model, self.started, self.finish)
 
 
 class EngineCollector(Collector):

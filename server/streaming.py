@@ -1,19 +1,16 @@
 """The only module that knows stream framing: SSE (data-only or with event names) and NDJSON,
-priming a stream before the HTTP status, and letting streams finish on shutdown."""
+and letting streams finish on shutdown."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
-
-from lokal.backends.base import Chunk
-from lokal.backends.errors import EngineFailure
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,27 +22,6 @@ class Frame:
     event: str | None = None
 
 
-async def prime(chunks: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
-    """Wait for the first chunk so that caller faults surface as plain 4xx before HTTP 200."""
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        raise EngineFailure("the engine ended the stream without a result") from None
-    except BaseException:
-        await chunks.aclose()
-        raise
-
-    async def replay() -> AsyncGenerator[Chunk, None]:
-        try:
-            yield first
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()
-
-    return replay()
-
-
 def dump(obj: Any) -> str:
     return obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False,
                                                        separators=(",", ":"))
@@ -54,30 +30,32 @@ def dump(obj: Any) -> str:
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def sse_response(frames: AsyncIterator[Frame], ping: Frame | None = None) -> EventSourceResponse:
-    """`frames` as server-sent events; a keep-alive every 15 s (a comment, or `ping`)."""
+def sse_event(frame: Frame) -> ServerSentEvent:
+    """One frame as a server-sent event."""
+    return ServerSentEvent(data=dump(frame.data), event=frame.event, sep="\n")
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        async for frame in frames:
-            yield ServerSentEvent(data=dump(frame.data), event=frame.event, sep="\n")
 
+def ndjson_line(frame: Frame) -> bytes:
+    """One frame as a line of newline-delimited JSON (Ollama's streams)."""
+    return (dump(frame.data) + "\n").encode("utf-8")
+
+
+def sse_response(events: AsyncIterator[ServerSentEvent],
+                 ping: Frame | None = None) -> EventSourceResponse:
+    """`events` (frames made sse_event()s) as a server-sent event stream; a keep-alive every
+    15 s (a comment, or `ping`)."""
     factory = None
     if ping is not None:
         def factory() -> ServerSentEvent:
-            return ServerSentEvent(data=dump(ping.data), event=ping.event, sep="\n")
+            return sse_event(ping)
 
-    return EventSourceResponse(events(), sep="\n", ping=15, ping_message_factory=factory,
+    return EventSourceResponse(events, sep="\n", ping=15, ping_message_factory=factory,
                                headers=_HEADERS)
 
 
-def ndjson_response(frames: AsyncIterator[Frame]) -> StreamingResponse:
-    """`frames` as newline-delimited JSON, one object per line (Ollama's streams)."""
-
-    async def lines() -> AsyncIterator[bytes]:
-        async for frame in frames:
-            yield (dump(frame.data) + "\n").encode("utf-8")
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=_HEADERS)
+def ndjson_response(lines: AsyncIterator[bytes]) -> StreamingResponse:
+    """`lines` (frames made ndjson_line()s) as a newline-delimited JSON stream."""
+    return StreamingResponse(lines, media_type="application/x-ndjson", headers=_HEADERS)
 
 
 def finish_streams_on_shutdown() -> None:

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from lokal.backends.pool import ModelPool
 from lokal.server.deps import PoolDep
+from lokal.server.version import lokal_version
 
 router = APIRouter()
 
@@ -41,6 +42,4 @@ async def health(pool: PoolDep) -> JSONResponse:
 
 @router.get("/version")
 async def version() -> dict[str, str]:
-    from lokal.server.app import _version
-
-    return {"version": _version()}
+    return {"version": lokal_version()}

@@ -15,7 +15,7 @@ from lokal.backends.base import Constraint
 from lokal.backends.errors import InvalidParameter
 from lokal.backends.llamacpp.guidance import LOOSEN_MAX_TOOLS, Guidance, LazyCall, apply_mask
 from lokal.backends.spec import GrammarLimits
-from lokal.backends.tool_calls import CallTrigger
+from lokal.backends.tool_formats import CallTrigger
 from lokal.backends.tools import tool_call_schema
 from tests.tiny_gguf import char_ids, write_tiny_gguf
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from tests.conftest import MODEL, Server, start_server, stop_server
 from tests.openapi import validate
-from tests.server.test_responses_renderer import SCHEMAS
+from tests.server.doors.responses.test_render import SCHEMAS
 
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Weather in a city",
            "strict": True,

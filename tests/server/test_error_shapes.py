@@ -11,7 +11,9 @@ from lokal.backends.hardware import Hardware
 from lokal.backends.pool import ModelPool
 from lokal.backends.spec import ModelSpec
 from lokal.server.app import create_app
-from lokal.server.errors import APIError, error_body, protocol_of
+from lokal.server.doors.anthropic.render import anthropic_envelope
+from lokal.server.doors.ollama.render import ollama_envelope
+from lokal.server.errors import APIError, envelope_for, openai_envelope
 from lokal.server.settings import ServerSettings
 from tests.openapi import validate
 from tests.server.test_faults import FaultyBackend
@@ -23,7 +25,11 @@ from tests.server.test_faults import FaultyBackend
     ("/apis", "openai"), ("/v1/chat/completions", "openai"), ("/", "openai"),
 ])
 def test_the_protocol_comes_from_the_path(path: str, protocol: str) -> None:
-    assert protocol_of(path) == protocol
+    """The door owning the path (the longest prefix a door registers) gives the shape."""
+    app = create_app(ServerSettings())
+    expected = {"anthropic": anthropic_envelope, "ollama": ollama_envelope,
+                "openai": openai_envelope}[protocol]
+    assert envelope_for(app, path) is expected
 
 
 @pytest.mark.parametrize(("status", "kind"), [
@@ -32,15 +38,15 @@ def test_the_protocol_comes_from_the_path(path: str, protocol: str) -> None:
     (503, "overloaded_error"), (504, "timeout_error"), (431, "invalid_request_error"),
 ])
 def test_anthropic_bodies_follow_anthropics_spec(status: int, kind: str) -> None:
-    body = error_body(APIError(status, "why"), "anthropic", "req_1")
+    body = anthropic_envelope(APIError(status, "why"), "req_1")
     validate(body, "ErrorResponse", vendor="anthropic")
     assert body["error"] == {"type": kind, "message": "why"} and body["request_id"] == "req_1"
 
 
 def test_openai_and_ollama_bodies() -> None:
     err = APIError(400, "bad", param="x", code="invalid_value")
-    validate(error_body(err, "openai", "r"), "ErrorResponse")
-    assert error_body(err, "ollama", "r") == {"error": "bad"}
+    validate(openai_envelope(err, "r"), "ErrorResponse")
+    assert ollama_envelope(err, "r") == {"error": "bad"}
 
 
 @pytest.fixture()

@@ -169,12 +169,6 @@ def test_the_lease_is_released_after_streamed_and_collected_responses() -> None:
         assert _unloads(client) == "unloaded"
 
 
-LEAK = ("bug: serve_generation closes a primed stream it never iterated with aclose(), which "
-        "does nothing to an unstarted async generator, so that prompt's lease is never "
-        "released (and the model can never be unloaded)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEAK)
 def test_a_refused_prompt_releases_the_prompts_already_started() -> None:
     backend = PerPrompt([], refuse=("bad",))
     with _client(backend) as client:
@@ -199,7 +193,6 @@ class FailsFirstPrompt(ScriptedBackend):
         yield Chunk(0, "y", finish_reason="stop", usage=Usage(1, 2))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEAK)
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_failing_prompt_releases_the_prompts_after_it(stream: bool) -> None:
     backend = FailsFirstPrompt([])

@@ -1,1 +1,0 @@
-"""Pydantic wire models of the OpenAI API, one module per endpoint family."""
