@@ -165,6 +165,9 @@ class ModelInfo:
     `chat_template`, or lokal's ChatML fallback; None until the engine has looked."""
     tool_format: Literal["hermes", "llama3", "mistral"] = "hermes"
     """How this model writes tool calls (backends.tool_calls), from its chat template."""
+    memory_in_process: bool = False
+    """The engine holds the model in this process (llama.cpp, not vLLM's engine core), so
+    this process's growth over the load is the model's memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,4 +244,8 @@ class Backend(Protocol):
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The prompt tokens `request` would give the engine: its chat template, tools and
         BOS applied exactly as generate() does, nothing generated."""
+        ...
+
+    def stats(self) -> BackendStats:
+        """A snapshot for metrics and readiness (the engine's slots, KV cells, whether it died)."""
         ...

@@ -1,12 +1,14 @@
-"""One configured model's state in the pool (status, memory, leases, failures), the snapshot
-/v1/models shows, and the lease a request holds. Only ModelPool changes an Entry."""
+"""One configured model's state in the pool: its phase and the table of the moves between
+phases, memory, leases, failures; the snapshot /v1/models shows; the lease a request holds.
+Only the pool (pool.py and its pool_*.py modules) changes an Entry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from lokal.backends.base import Backend, ModelInfo
 from lokal.backends.footprint import Footprint
@@ -25,7 +27,72 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
-HOLDS_MEMORY = (Status.LOADING, Status.LOADED, Status.UNLOADING)
+class Phase(StrEnum):
+    """Where a model is in its life as the pool tracks it; `status` is what the API shows."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    DRAINING = "draining"
+    """An unload was asked for: running requests finish, new ones wait until it is done."""
+    EXPIRING = "expiring"
+    """Idle past its ttl and waiting its turn to unload (engine starts and stops go one at a
+    time); the engine still runs, and a request that comes meanwhile calls the unload off."""
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+    @property
+    def status(self) -> Status:
+        return SHOWN[self]
+
+
+SHOWN: Final[Mapping[Phase, Status]] = {
+    Phase.UNLOADED: Status.UNLOADED, Phase.LOADING: Status.LOADING,
+    Phase.LOADED: Status.LOADED, Phase.UNLOADING: Status.UNLOADING, Phase.FAILED: Status.FAILED,
+    # A draining model still serves its running requests; an expiring one takes no new ones.
+    Phase.DRAINING: Status.LOADED, Phase.EXPIRING: Status.UNLOADING,
+}
+
+MOVES: Final[Mapping[Phase, frozenset[Phase]]] = {
+    Phase.UNLOADED: frozenset({
+        Phase.LOADING,
+        Phase.FAILED,  # its file cannot be read, found when it is configured
+    }),
+    Phase.LOADING: frozenset({
+        Phase.LOADED, Phase.FAILED,
+        Phase.UNLOADED,  # the pool stopped before its engine started
+    }),
+    Phase.LOADED: frozenset({
+        Phase.DRAINING, Phase.EXPIRING,
+        Phase.UNLOADING,  # chosen to make room for another model
+        Phase.UNLOADED,  # the pool stopped
+    }),
+    Phase.DRAINING: frozenset({
+        Phase.UNLOADING,  # its requests ended (or, none left, it was chosen to make room)
+        Phase.LOADED,  # whoever asked for the unload gave up waiting (cancelled)
+        Phase.UNLOADED,  # the pool stopped
+    }),
+    Phase.EXPIRING: frozenset({
+        Phase.UNLOADING,
+        # A request came while the unload waited for its turn: the engine never stopped, so it
+        # serves that request instead of an unload and a reload.
+        Phase.LOADED,
+        Phase.UNLOADED,  # the pool stopped
+    }),
+    Phase.UNLOADING: frozenset({Phase.UNLOADED}),
+    Phase.FAILED: frozenset({
+        Phase.LOADING,  # retried after the back-off, or at once by an explicit load
+        Phase.FAILED,  # that retry failed before an engine started (the file is still unreadable)
+    }),
+}
+"""Every move the pool makes; any other is a bug in the pool, and Entry.move raises on it."""
+
+HOLDS_MEMORY = frozenset({Phase.LOADING, Phase.LOADED, Phase.DRAINING, Phase.EXPIRING,
+                          Phase.UNLOADING})
+
+
+class IllegalMove(RuntimeError):
+    """A phase change the table (MOVES) does not allow: a bug in the pool, never a user's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +123,11 @@ class Entry:
         self.spec = spec
         self.engine = engine
         self.reason = reason
+        self.configured_ttl = ttl
         self.ttl = ttl
+        """Seconds idle before an unload (0: never); a keep_alive changes it until the unload."""
         self.preload = preload
-        self.status = Status.UNLOADED
+        self._phase = Phase.UNLOADED
         self.backend: Backend | None = None
         self.info = ModelInfo(id=spec.id, context_length=spec.context_length, backend=engine,
                               backend_reason=reason, device="", owned_by=spec.owned_by,
@@ -71,8 +140,28 @@ class Entry:
         self.leases = 0
         self.waiting = 0
         self.last_used = 0.0
-        self.draining = False
-        """An explicit unload is waiting for running requests: new ones wait too."""
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def status(self) -> Status:
+        return self._phase.status
+
+    def move(self, to: Phase) -> None:
+        """The one way the phase changes (see MOVES)."""
+        if to not in MOVES[self._phase]:
+            raise IllegalMove(f"model {self.spec.id}: the pool never moves {self._phase} -> {to}")
+        self._phase = to
+
+    def fail(self, reason: str) -> None:
+        """A load failed: FAILED, why, and when (for the back-off before the next try)."""
+        self.move(Phase.FAILED)
+        self.error = reason
+        self.failures += 1
+        self.failed_at = time.monotonic()
+        self.backend = None
 
     @property
     def memory(self) -> int:

@@ -51,6 +51,13 @@ def choose_backend(
     return "vllm", f"vLLM on {hardware.device}: {hardware.note} and a vllm source is configured"
 
 
+def check_files(spec: ModelSpec, engine: EngineName) -> None:
+    """Raise FileNotFoundError now if a local file `engine` reads for `spec` is missing (a
+    configuration error); vLLM resolves its own source (a hub name or a folder) as it loads."""
+    if engine == "llamacpp":
+        spec.gguf_path()
+
+
 def _vllm_why_not(spec: ModelSpec, hardware: Hardware) -> str:
     if not hardware.has_nvidia_gpu:
         return hardware.note

@@ -165,6 +165,7 @@ class LlamaCppBackend:
             owned_by=spec.owned_by,
             created=int(time.time()),
             capabilities=Capabilities(tools=True, json_schema=True, logprobs=True),
+            memory_in_process=True,
         )
 
     @property

@@ -254,7 +254,7 @@ def test_a_model_configured_after_start_is_found_by_its_first_request(gguf: Path
         with pytest.raises(ModelNotFound):  # looked 2 s ago: not again yet
             pool.find("b")
         assert len(looks) == 1
-        pool._discovered_at -= 5  # as if 5 s had passed
+        pool._catalog.discovered_at -= 5  # as if 5 s had passed
         lease = await pool.acquire("bee")
         assert lease.backend.info.id == "b" and engines.made["b"] == 1
         lease.release()
