@@ -49,6 +49,14 @@ class InputTooLong(ContextLengthExceeded):
         self.context_length = limit
 
 
+class DeadlineExceeded(BackendError):
+    """The request ran past its GenerationRequest.deadline; `seconds` is the limit it had."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request took longer than its limit of {seconds:g} seconds")
+        self.seconds = seconds
+
+
 class ModelNotFound(BackendError):
     pass
 
