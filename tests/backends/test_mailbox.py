@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from lokal.backends.llamacpp.backend import _Mailbox
+from lokal.backends.llamacpp.mailbox import Mailbox as _Mailbox
 from lokal.backends.llamacpp.scheduler import Event
 
 
