@@ -35,10 +35,15 @@ def find_fim_format(vocab: Container[str]) -> FimFormat | None:
     return None
 
 
+def no_fim(model: str) -> InvalidParameter:
+    """The refusal of `suffix` for a model whose vocabulary has no FIM tokens."""
+    return InvalidParameter(
+        f"model {model!r} has no fill-in-the-middle tokens in its vocabulary, so `suffix` "
+        "cannot be honoured", param="suffix")
+
+
 def fim_prompt(before: str, after: str, fmt: FimFormat | None, model: str) -> str:
     """The text prompt asking the model for what goes between `before` and `after`."""
     if fmt is None:
-        raise InvalidParameter(
-            f"model {model!r} has no fill-in-the-middle tokens in its vocabulary, so `suffix` "
-            "cannot be honoured", param="suffix")
+        raise no_fim(model)
     return fmt.render(before, after)

@@ -12,7 +12,6 @@ from typing import Any
 from lokal.backends.base import (
     BackendStats,
     Capabilities,
-    ChatPrompt,
     Chunk,
     Constraint,
     EmbeddingRequest,
@@ -20,25 +19,20 @@ from lokal.backends.base import (
     FinishReason,
     GenerationRequest,
     ModelInfo,
-    TextPrompt,
-    TokenPrompt,
     Usage,
 )
-from lokal.backends.chat_template import ChatTemplate, template_source
 from lokal.backends.errors import (
     BackendError,
     BackendUnavailable,
-    ContextLengthExceeded,
     EngineDown,
     EngineFailure,
     InvalidParameter,
     NotReady,
 )
-from lokal.backends.fim import FimFormat, fim_prompt, find_fim_format
 from lokal.backends.hardware import Hardware
 from lokal.backends.json_schema import closed
+from lokal.backends.prompt import PromptFrontEnd
 from lokal.backends.spec import ModelSpec
-from lokal.backends.tool_calls import format_for_template
 from lokal.backends.vllm.engine import (
     Engine,
     EngineDelta,
@@ -47,6 +41,7 @@ from lokal.backends.vllm.engine import (
     load_engine,
     resolve_model,
 )
+from lokal.backends.vllm.tokenizer import HfTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +102,7 @@ class VllmBackend:
         self._args = engine_args(spec)
         self._loader = loader
         self._engine: Engine | None = None
-        self._template: ChatTemplate | None = None
-        self._fim: FimFormat | None = None
+        self._prompts: PromptFrontEnd | None = None
         self._running = 0
         self._cancelled = 0
         self._cached_tokens = 0
@@ -127,18 +121,12 @@ class VllmBackend:
         # AsyncLLM starts its engine-core process and waits for it; keep the loop free meanwhile
         # so /health/live answers while the model loads.
         engine = await asyncio.to_thread(self._loader, self._args)
-        template = self._spec.chat_template or engine.chat_template
-        if template is None:
-            logger.warning("model %s has no chat template; using lokal's ChatML fallback",
-                           self._spec.id)
+        prompts = self._prompts = PromptFrontEnd(
+            HfTokenizer(engine), model=self._spec.id, context_length=self._spec.context_length,
+            configured_template=self._spec.chat_template, own_template=engine.chat_template)
         self._info = dataclasses.replace(
-            self._info, tool_format=format_for_template(template),
-            chat_template=template_source(self._spec.chat_template, engine.chat_template))
-        self._template = ChatTemplate(template, bos_token=engine.bos_token,
-                                      eos_token=engine.eos_token)
-        self._fim = find_fim_format(engine.tokenizer.get_vocab())
-        self._info = dataclasses.replace(self._info, capabilities=dataclasses.replace(
-            self._info.capabilities, fim=self._fim is not None))
+            self._info, tool_format=prompts.tool_format, chat_template=prompts.template_source,
+            capabilities=dataclasses.replace(self._info.capabilities, fim=prompts.fim))
         self._engine = engine
         logger.info("model %s loaded by vLLM from %s in %.2fs", self._spec.id,
                     self._args["model"], time.perf_counter() - started)
@@ -158,69 +146,13 @@ class VllmBackend:
                             engine_error="the vLLM engine core died" if dead else None)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
-        engine = self._engine
-        if engine is None:
+        prompts = self._prompts
+        if self._engine is None or prompts is None:
             raise NotReady("the model is not loaded yet")
-        return len(await asyncio.to_thread(self._tokenize, engine, request))
+        return len(await asyncio.to_thread(prompts.tokens, request))
 
-    def _tokenize(self, engine: Engine, request: GenerationRequest) -> list[int]:
-        if request.suffix is not None:
-            return self._fim_tokens(engine, request)
-        prompt = request.prompt
-        if isinstance(prompt, TokenPrompt):
-            bad = [t for t in prompt.token_ids if not 0 <= t < engine.vocab_size]
-            if bad:
-                raise InvalidParameter(f"token id {bad[0]} is outside the vocabulary "
-                                       f"(0..{engine.vocab_size - 1})", param="prompt")
-            return list(prompt.token_ids)
-        if isinstance(prompt, ChatPrompt):
-            assert self._template is not None
-            text = self._template.render(prompt.messages, tools=prompt.tools,
-                                         add_generation_prompt=prompt.add_generation_prompt,
-                                         continue_final=prompt.continue_final)
-            # The template may already open with BOS; never add a second one.
-            bos = self._template.bos_token
-            return engine.tokenizer.encode(
-                text, add_special_tokens=not (bos and text.startswith(bos)))
-        assert isinstance(prompt, TextPrompt)
-        return engine.tokenizer.encode(prompt.text, add_special_tokens=True)
-
-    def _fim_tokens(self, engine: Engine, request: GenerationRequest) -> list[int]:
-        """Prefix-suffix-middle from the vocabulary's own FIM tokens, as the llama.cpp backend
-        builds it: [BOS] <fim_prefix> prompt <fim_suffix> suffix <fim_middle>."""
-        assert request.suffix is not None
-        fmt = self._fim
-        if fmt is None:
-            fim_prompt("", "", None, self._spec.id)  # raises the 400 naming `suffix`
-        assert fmt is not None
-        if isinstance(request.prompt, ChatPrompt):
-            raise InvalidParameter("suffix needs a text or token prompt", param="suffix")
-        tokenizer = engine.tokenizer
-        before = self._tokenize(engine, dataclasses.replace(request, suffix=None)) \
-            if isinstance(request.prompt, TokenPrompt) else \
-            tokenizer.encode(request.prompt.text, add_special_tokens=False)
-        vocab = tokenizer.get_vocab()
-        return [*tokenizer.encode("", add_special_tokens=True), vocab[fmt.prefix], *before,
-                vocab[fmt.suffix], *tokenizer.encode(request.suffix, add_special_tokens=False),
-                vocab[fmt.middle]]
-
-    def _params(self, engine: Engine, request: GenerationRequest, prompt_len: int) -> EngineParams:
-        if request.echo:
-            raise InvalidParameter("echo is not supported by lokal's vLLM backend",
-                                   param="echo")
+    def _params(self, request: GenerationRequest, max_tokens: int) -> EngineParams:
         sampling = request.sampling
-        bad = [t for t in sampling.logit_bias if not 0 <= t < engine.vocab_size]
-        if bad:
-            raise InvalidParameter(f"logit_bias token id {bad[0]} is outside the vocabulary",
-                                   param="logit_bias")
-        n_ctx = self._spec.context_length
-        max_tokens = sampling.max_tokens
-        if max_tokens is None:
-            if prompt_len >= n_ctx:
-                raise ContextLengthExceeded(prompt_len, None, n_ctx)
-            max_tokens = n_ctx - prompt_len
-        elif prompt_len + max_tokens > n_ctx:
-            raise ContextLengthExceeded(prompt_len, max_tokens, n_ctx)
         return EngineParams(
             max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=sampling.stop, presence_penalty=sampling.presence_penalty,
@@ -235,23 +167,24 @@ class VllmBackend:
                                param="model")
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
-        engine = self._engine
-        if engine is None:
+        engine, prompts = self._engine, self._prompts
+        if engine is None or prompts is None:
             raise NotReady("the model is not loaded yet")
         if engine.errored:
             raise EngineDown("the vLLM engine core died")
-        if request.n < 1:
-            raise InvalidParameter("n must be at least 1", param="n")
-        prompt = await asyncio.to_thread(self._tokenize, engine, request)
-        if not prompt:
-            raise InvalidParameter("the prompt is empty", param="prompt")
-        params = self._params(engine, request, len(prompt))
+        if request.echo:
+            raise InvalidParameter("echo is not supported by lokal's vLLM backend",
+                                   param="echo")
+        prepared = await asyncio.to_thread(prompts.prepare, request)
+        params = self._params(request, prepared.max_tokens)
+        prompt = prepared.token_ids
         seed = request.sampling.seed
         # One engine request per choice, seeded seed+i as in the llama.cpp backend, so choice i
         # of n equals the single request with seed+i. Unseeded requests stay unseeded: vLLM then
         # samples from its own generator, with no per-request one to keep.
         ids = [request.request_id if request.n == 1 else f"{request.request_id}-{i}"
                for i in range(request.n)]
+
         events: asyncio.Queue[tuple[int, EngineDelta | BaseException]] = asyncio.Queue()
 
         async def pump(index: int) -> None:
