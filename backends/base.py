@@ -137,6 +137,9 @@ class Chunk:
     """Set on a choice's first chunk when the engine queues requests: time spent waiting."""
     stop_sequence: str | None = None
     """On the last chunk: the request's stop string that ended the choice, if one did."""
+    prompt_tokens: int | None = None
+    """Set on a choice's first chunk: the prompt's tokens as the engine runs them (the same
+    count as the last chunk's usage), so that nobody tokenizes the prompt a second time."""
 
 
 @dataclass(frozen=True, slots=True)

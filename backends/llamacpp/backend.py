@@ -206,14 +206,16 @@ class LlamaCppBackend:
         job = await self._job(request, prepared.token_ids, prepared.max_tokens, events)
         scheduler.submit(job)
         try:
-            remaining = request.n
+            n_prompt, remaining = len(prepared.token_ids), request.n
             while remaining:
                 event = await events.get()
                 if event.error is not None:
                     raise self._failure(scheduler, event.error)
                 if event.finish_reason is None:
+                    # A choice's first event (it left the queue) carries the prompt's size.
                     yield Chunk(event.index, event.text, event.token_ids,
-                                logprobs=event.logprobs, queue_seconds=event.queue_seconds)
+                                logprobs=event.logprobs, queue_seconds=event.queue_seconds,
+                                prompt_tokens=None if event.queue_seconds is None else n_prompt)
                     continue
                 remaining -= 1
                 yield Chunk(event.index, token_ids=event.token_ids,

@@ -198,6 +198,7 @@ class VllmBackend:
 
         tasks = [asyncio.create_task(pump(i)) for i in range(request.n)]
         generated = [0] * request.n
+        started = [False] * request.n
         remaining = request.n
         self._running += request.n
         try:
@@ -207,16 +208,20 @@ class VllmBackend:
                     raise event
                 if isinstance(event, BaseException):
                     raise EngineFailure(f"vLLM failed: {event!r}") from event
+                # A choice's first chunk carries the prompt's size.
+                first = None if started[index] else len(prompt)
                 generated[index] += len(event.token_ids)
                 if event.text or event.token_ids:
-                    yield Chunk(index, event.text, event.token_ids, logprobs=event.logprobs)
+                    yield Chunk(index, event.text, event.token_ids, logprobs=event.logprobs,
+                                prompt_tokens=first)
+                    started[index], first = True, None
                 if event.finish_reason is None:
                     continue
                 remaining -= 1
                 self._cached_tokens += event.cached_tokens
                 yield Chunk(index, finish_reason=self._finish(event.finish_reason, request),
                             usage=Usage(len(prompt), generated[index], event.cached_tokens),
-                            stop_sequence=event.stop_sequence)
+                            stop_sequence=event.stop_sequence, prompt_tokens=first)
         finally:
             self._running -= request.n
             if remaining:

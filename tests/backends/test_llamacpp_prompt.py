@@ -1,8 +1,11 @@
-"""The prompt front end on llama.cpp's own tokenizer: a tiny GGUF whose ids the tests know."""
+"""The prompt front end on llama.cpp's own tokenizer (a tiny GGUF whose ids the tests know), and
+what the engine reports with it: the prompt's size on each choice's first chunk."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import llama_cpp
 import pytest
@@ -11,12 +14,15 @@ from llama_cpp._internals import LlamaModel
 from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
+    Chunk,
     GenerationRequest,
+    SamplingParams,
     TextPrompt,
 )
+from lokal.backends.llamacpp.backend import LlamaCppBackend
 from lokal.backends.llamacpp.tokenizer import LlamaTokenizer
 from lokal.backends.prompt import PromptFrontEnd
-from tests.tiny_gguf import BOS, FIM_MID, FIM_PRE, FIM_SUF, char_ids, write_tiny_gguf
+from tests.tiny_gguf import BOS, FIM_MID, FIM_PRE, FIM_SUF, char_ids, tiny_backend, write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +33,12 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaTokeniz
     model = LlamaModel(path_model=str(path), params=params, verbose=False)
     yield LlamaTokenizer(model)
     model.close()
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[LlamaCppBackend]:
+    with tiny_backend(tmp_path, parallel=2) as engine:
+        yield engine
 
 
 def test_the_vocabulary_as_a_tokenizer(tokenizer: LlamaTokenizer) -> None:
@@ -46,3 +58,23 @@ def test_fim_and_chat_prompts_on_the_real_tokenizer(tokenizer: LlamaTokenizer) -
                                  FIM_MID]
     chat = front.tokens(GenerationRequest("r", ChatPrompt((ChatMessage("user", "hi"),))))
     assert chat[0] == BOS and chat.count(BOS) == 1
+
+
+async def _collect(backend: LlamaCppBackend, request: GenerationRequest) -> list[Chunk]:
+    return [chunk async for chunk in backend.generate(request)]
+
+
+def test_each_choices_first_chunk_carries_the_prompt_tokens(backend: LlamaCppBackend) -> None:
+    request = GenerationRequest("r", TextPrompt("hello there"), n=2,
+                                sampling=SamplingParams(max_tokens=3, seed=1))
+
+    async def go() -> tuple[list[Chunk], int]:
+        return await _collect(backend, request), await backend.count_tokens(request)
+
+    chunks, counted = asyncio.run(go())
+    assert counted == 1 + len("hello there")
+    for index in (0, 1):
+        mine = [c for c in chunks if c.index == index]
+        assert mine[0].prompt_tokens == counted
+        assert all(c.prompt_tokens is None for c in mine[1:])
+        assert mine[-1].usage is not None and mine[-1].usage.prompt_tokens == counted

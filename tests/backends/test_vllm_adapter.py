@@ -441,3 +441,20 @@ def test_fim_with_a_token_prompt_and_refused_for_chat(tmp_path: Path) -> None:
     tok = engine.tokenizer
     assert engine.calls[0].prompt == [*tok.encode("", True), 901, 5, 6, 902,
                                       *tok.encode("z", False), 903]
+
+
+def test_each_choices_first_chunk_carries_the_prompt_tokens(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def go() -> tuple[list[Chunk], int]:
+        backend = await started(tmp_path, engine)
+        request = req(n=2)
+        return await collect(backend, request), await backend.count_tokens(request)
+
+    chunks, counted = run(go())
+    assert counted == 3  # BOS + "hi"
+    for index in (0, 1):
+        mine = [c for c in chunks if c.index == index]
+        assert mine[0].prompt_tokens == counted and mine[0].text == "Hel"
+        assert all(c.prompt_tokens is None for c in mine[1:])
+        assert mine[-1].usage is not None and mine[-1].usage.prompt_tokens == counted
