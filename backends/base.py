@@ -87,6 +87,16 @@ class Constraint:
 
 
 @dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a request must be over: the engine ends it with DeadlineExceeded after that."""
+
+    at: float
+    """A time.perf_counter() value (the clock the server times requests with)."""
+    seconds: float
+    """The limit this deadline stands for, for the error's message."""
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     request_id: str
     prompt: Prompt
@@ -96,6 +106,9 @@ class GenerationRequest:
     constraint: Constraint | None = None
     suffix: str | None = None
     echo: bool = False
+    deadline: Deadline | None = None
+    """None: no limit. Passed before the first chunk or while streaming, the engine stops the
+    request's work and raises DeadlineExceeded from its stream."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from lokal.backends.base import (
     ModelInfo,
     Usage,
 )
+from lokal.backends.deadline import DeadlineTimer
 from lokal.backends.errors import EngineDown, EngineFailure, InvalidParameter, NotReady
 from lokal.backends.llamacpp.cache import copy_min_gain
 from lokal.backends.llamacpp.embedder import Embedder
@@ -199,32 +200,40 @@ class LlamaCppBackend:
             raise NotReady("the model is not loaded yet")
         if request.echo:
             raise InvalidParameter("echo is not supported yet", param="echo")
-        prepared = await asyncio.to_thread(prompts.prepare, request)
-        # The exact ids the engine gets (FIM layout, special tokens), for debugging.
-        logger.debug("request %s: prompt token ids %s", request.request_id, prepared.token_ids)
         events: asyncio.Queue[Event] = asyncio.Queue()
-        job = await self._job(request, prepared.token_ids, prepared.max_tokens, events)
-        scheduler.submit(job)
+        deadline = DeadlineTimer(request.deadline, lambda _: events.put_nowait(Event(-1)))
         try:
-            n_prompt, remaining = len(prepared.token_ids), request.n
-            while remaining:
-                event = await events.get()
-                if event.error is not None:
-                    raise self._failure(scheduler, event.error)
-                if event.finish_reason is None:
-                    # A choice's first event (it left the queue) carries the prompt's size.
-                    yield Chunk(event.index, event.text, event.token_ids,
-                                logprobs=event.logprobs, queue_seconds=event.queue_seconds,
-                                prompt_tokens=None if event.queue_seconds is None else n_prompt)
-                    continue
-                remaining -= 1
-                yield Chunk(event.index, token_ids=event.token_ids,
-                            finish_reason=event.finish_reason,
-                            usage=Usage(event.prompt_tokens, event.completion_tokens,
-                                        event.cached_tokens),
-                            stop_sequence=event.stop_sequence)
+            prepared = await asyncio.to_thread(prompts.prepare, request)
+            # The exact ids the engine gets (FIM layout, special tokens), for debugging.
+            logger.debug("request %s: prompt token ids %s", request.request_id,
+                         prepared.token_ids)
+            job = await self._job(request, prepared.token_ids, prepared.max_tokens, events)
+            deadline.check()
+            scheduler.submit(job)
+            try:
+                n_prompt, remaining = len(prepared.token_ids), request.n
+                while remaining:
+                    event = await events.get()
+                    deadline.check()
+                    if event.error is not None:
+                        raise self._failure(scheduler, event.error)
+                    if event.finish_reason is None:
+                        # A choice's first event (it left the queue) carries the prompt's size.
+                        yield Chunk(event.index, event.text, event.token_ids,
+                                    logprobs=event.logprobs, queue_seconds=event.queue_seconds,
+                                    prompt_tokens=None if event.queue_seconds is None
+                                    else n_prompt)
+                        continue
+                    remaining -= 1
+                    yield Chunk(event.index, token_ids=event.token_ids,
+                                finish_reason=event.finish_reason,
+                                usage=Usage(event.prompt_tokens, event.completion_tokens,
+                                            event.cached_tokens),
+                                stop_sequence=event.stop_sequence)
+            finally:
+                job.cancelled.set()
         finally:
-            job.cancelled.set()
+            deadline.cancel()
 
     async def _job(self, request: GenerationRequest, prompt: list[int], max_tokens: int,
                    events: asyncio.Queue[Event]) -> Job:

@@ -21,6 +21,7 @@ from lokal.backends.base import (
     ModelInfo,
     Usage,
 )
+from lokal.backends.deadline import DeadlineTimer
 from lokal.backends.errors import (
     BackendError,
     BackendUnavailable,
@@ -175,8 +176,15 @@ class VllmBackend:
         if request.echo:
             raise InvalidParameter("echo is not supported by lokal's vLLM backend",
                                    param="echo")
-        prepared = await asyncio.to_thread(prompts.prepare, request)
-        params = self._params(request, prepared.max_tokens)
+        events: asyncio.Queue[tuple[int, EngineDelta | BaseException]] = asyncio.Queue()
+        deadline = DeadlineTimer(request.deadline, lambda error: events.put_nowait((-1, error)))
+        try:
+            prepared = await asyncio.to_thread(prompts.prepare, request)
+            params = self._params(request, prepared.max_tokens)
+            deadline.check()
+        except BaseException:
+            deadline.cancel()
+            raise
         prompt = prepared.token_ids
         seed = request.sampling.seed
         # One engine request per choice, seeded seed+i as in the llama.cpp backend, so choice i
@@ -184,8 +192,6 @@ class VllmBackend:
         # samples from its own generator, with no per-request one to keep.
         ids = [request.request_id if request.n == 1 else f"{request.request_id}-{i}"
                for i in range(request.n)]
-
-        events: asyncio.Queue[tuple[int, EngineDelta | BaseException]] = asyncio.Queue()
 
         async def pump(index: int) -> None:
             choice = params if seed is None else dataclasses.replace(
@@ -204,6 +210,7 @@ class VllmBackend:
         try:
             while remaining:
                 index, event = await events.get()
+                deadline.check()
                 if isinstance(event, BackendError):
                     raise event
                 if isinstance(event, BaseException):
@@ -223,6 +230,7 @@ class VllmBackend:
                             usage=Usage(len(prompt), generated[index], event.cached_tokens),
                             stop_sequence=event.stop_sequence, prompt_tokens=first)
         finally:
+            deadline.cancel()
             self._running -= request.n
             if remaining:
                 self._cancel(engine, ids, tasks, generated)

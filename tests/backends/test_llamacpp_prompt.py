@@ -1,11 +1,14 @@
 """The prompt front end on llama.cpp's own tokenizer (a tiny GGUF whose ids the tests know), and
-what the engine reports with it: the prompt's size on each choice's first chunk."""
+what the engine reports with it: the prompt's size on each choice's first chunk, and the job's
+deadline ending the stream."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import pytest
@@ -15,10 +18,12 @@ from lokal.backends.base import (
     ChatMessage,
     ChatPrompt,
     Chunk,
+    Deadline,
     GenerationRequest,
     SamplingParams,
     TextPrompt,
 )
+from lokal.backends.errors import DeadlineExceeded
 from lokal.backends.llamacpp.backend import LlamaCppBackend
 from lokal.backends.llamacpp.tokenizer import LlamaTokenizer
 from lokal.backends.prompt import PromptFrontEnd
@@ -78,3 +83,34 @@ def test_each_choices_first_chunk_carries_the_prompt_tokens(backend: LlamaCppBac
         assert mine[0].prompt_tokens == counted
         assert all(c.prompt_tokens is None for c in mine[1:])
         assert mine[-1].usage is not None and mine[-1].usage.prompt_tokens == counted
+
+
+def test_a_passed_deadline_ends_the_request_before_it_runs(backend: LlamaCppBackend) -> None:
+    request = GenerationRequest("r", TextPrompt("hello"),
+                                deadline=Deadline(time.perf_counter() - 1, 5.0))
+    with pytest.raises(DeadlineExceeded) as info:
+        asyncio.run(_collect(backend, request))
+    assert info.value.seconds == 5.0
+    assert backend.stats().running == 0 and backend.stats().waiting == 0
+
+
+def test_a_deadline_passing_mid_stream_ends_it_and_frees_the_slot(
+        backend: LlamaCppBackend) -> None:
+    async def go() -> Any:
+        request = GenerationRequest("r", TextPrompt("hello"),
+                                    sampling=SamplingParams(max_tokens=200),
+                                    deadline=Deadline(time.perf_counter() + 0.5, 0.5))
+        stream = backend.generate(request)
+        first = await anext(stream)
+        await asyncio.sleep(0.6)  # the consumer holds a chunk while the deadline passes
+        with pytest.raises(DeadlineExceeded):
+            await anext(stream)
+        for _ in range(200):
+            if backend.stats().running == 0:
+                break
+            await asyncio.sleep(0.01)
+        return first
+
+    first = asyncio.run(go())
+    assert first.prompt_tokens == 1 + len("hello")
+    assert backend.stats().running == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from lokal.backends.base import (
     ChatPrompt,
     Chunk,
     Constraint,
+    Deadline,
     GenerationRequest,
     LogprobsRequest,
     SamplingParams,
@@ -27,6 +29,7 @@ from lokal.backends.base import (
 from lokal.backends.errors import (
     BackendUnavailable,
     ContextLengthExceeded,
+    DeadlineExceeded,
     EngineFailure,
     InvalidParameter,
     NotReady,
@@ -458,3 +461,35 @@ def test_each_choices_first_chunk_carries_the_prompt_tokens(tmp_path: Path) -> N
         assert mine[0].prompt_tokens == counted and mine[0].text == "Hel"
         assert all(c.prompt_tokens is None for c in mine[1:])
         assert mine[-1].usage is not None and mine[-1].usage.prompt_tokens == counted
+
+
+def test_a_deadline_ends_the_stream_and_aborts_the_engine(tmp_path: Path) -> None:
+    engine = FakeEngine(endless=True)
+
+    async def go() -> list[Chunk]:
+        backend = await started(tmp_path, engine)
+        got: list[Chunk] = []
+        deadline = Deadline(time.perf_counter() + 0.05, 0.05)
+        with pytest.raises(DeadlineExceeded) as info:
+            async for chunk in backend.generate(req(deadline=deadline)):
+                got.append(chunk)
+        assert info.value.seconds == 0.05
+        await asyncio.sleep(0.01)  # the abort runs as its own task
+        assert backend.stats().running == 0 and backend.stats().cancelled == 1
+        return got
+
+    got = run(go())
+    assert got and all(c.text == "x" for c in got)
+    assert engine.aborted == ["r1"] and engine.closed == ["r1"]
+
+
+def test_a_passed_deadline_never_reaches_the_engine(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def go() -> None:
+        backend = await started(tmp_path, engine)
+        with pytest.raises(DeadlineExceeded):
+            await collect(backend, req(deadline=Deadline(time.perf_counter() - 1, 2.0)))
+
+    run(go())
+    assert engine.calls == []
