@@ -14,16 +14,15 @@ from typing import TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from lokal.backends.base import Chunk, GenerationRequest, ModelInfo
+from lokal.backends.base import Chunk, Deadline, GenerationRequest, ModelInfo
 from lokal.backends.errors import EngineFailure
 from lokal.backends.events import Failure, OutputEvent, drain, output_events
 from lokal.backends.pool import ModelPool
 from lokal.backends.pool_entry import Lease
 from lokal.server.disconnect import cancel_on_disconnect
-from lokal.server.doors.render import Renderer
+from lokal.server.doors.render import Renderer, Start
 from lokal.server.doors.translate import ToolPlan
 from lokal.server.errors import request_id_of, to_api_error
-from lokal.server.limits import with_deadline
 from lokal.server.metrics import GenerationWatch, Metrics
 from lokal.server.settings import ServerSettings
 from lokal.server.streaming import Frame, ndjson_line, ndjson_response, sse_event, sse_response
@@ -54,6 +53,7 @@ async def serve_generation(
             await started.close()
         raise
     info = primed[0].info
+    renderer.started(primed[0].start)
     chunks = primed[0].chunks if len(primed) == 1 else _renumbered(primed, generations[0].n)
     # the model is loaded now: calls are read in its own tool-call format
     events = output_events(chunks, tools.parsers(info.tool_format) if tools else None)
@@ -106,6 +106,7 @@ class Started:
     chunks: AsyncGenerator[Chunk, None]
     info: ModelInfo
     lease: Lease
+    start: Start
 
     async def close(self) -> None:
         """Stops the engine's work and releases the lease, also when nobody ever iterated
@@ -126,15 +127,17 @@ async def start(
     metrics: Metrics = request.app.state.metrics
     started: float = getattr(request.state, "started", None) or time.perf_counter()
     lease = await pool.acquire(model)
+    leased_at = time.perf_counter()
     try:
         backend = lease.backend
         model_id = backend.info.id
         request.state.model = model_id  # the metrics middleware labels the request with it
         if settings.log_prompts:
             logger.info("prompt for %s: %r", model_id, generation.prompt)
+        if settings.request_timeout > 0:  # the engine ends the request when it passes (504)
+            limit = settings.request_timeout
+            generation = replace(generation, deadline=Deadline(started + limit, limit))
         chunks = backend.generate(generation)
-        if settings.request_timeout > 0:
-            chunks = with_deadline(chunks, started, settings.request_timeout)
         watch = metrics.watch(model_id, started, vllm_names=backend.info.backend == "llamacpp")
         try:
             first = await anext(chunks)
@@ -144,7 +147,8 @@ async def start(
             await chunks.aclose()
             raise
         watch.chunk(first)
-        return Started(_served(first, chunks, watch, lease), backend.info, lease)
+        start = Start(first.prompt_tokens or 0, leased_at)
+        return Started(_served(first, chunks, watch, lease), backend.info, lease, start)
     except BaseException:
         lease.release()
         raise

@@ -4,6 +4,7 @@ frames, a failure's frames, and the collected body of a non-streaming response."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from lokal.backends.events import OutputEvent
@@ -11,15 +12,28 @@ from lokal.server.errors import APIError
 from lokal.server.streaming import Frame
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What serve_generation() knows once the engine's first chunk is there."""
+
+    prompt_tokens: int
+    """The prompt's tokens, as the engine counted them (0 if it did not say)."""
+    leased_at: float
+    """When the model's lease came, time.perf_counter(): the model was loaded by then."""
+
+
 class Renderer(Protocol):
-    """One response in one protocol. serve_generation() calls `head()`, then `event()` for
-    each output event, then `tail()`; if the generation fails once frames have gone out,
-    `failure()` instead of `tail()`. A non-streaming response is `body()` of all events.
+    """One response in one protocol. serve_generation() calls `started()` once the first chunk
+    is there, then `head()`, `event()` for each output event, then `tail()`; if the
+    generation fails once frames have gone out, `failure()` instead of `tail()`. A
+    non-streaming response is `started()`, then `body()` of all events.
     Renderers never see a Failure event: the driver turns it into `failure()` or a raise."""
 
     framing: Literal["sse", "ndjson"]
     ping: Frame | None
     """The SSE keep-alive event, for protocols that name one; None: an SSE comment."""
+
+    def started(self, start: Start) -> None: ...
 
     def head(self) -> list[Frame]: ...
 

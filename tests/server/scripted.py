@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi.testclient import TestClient
 
@@ -24,13 +24,16 @@ from lokal.backends.hardware import Hardware
 from lokal.backends.pool import ModelPool
 from lokal.backends.spec import ModelSpec
 from lokal.server.app import create_app
+from lokal.server.doors.render import Renderer
 from lokal.server.errors import APIError
-from lokal.server.renderers.base import Renderer
 from lokal.server.settings import ServerSettings
 from lokal.server.streaming import Frame
 
 Step = Chunk | Exception
 
+
+PROMPT_TOKENS = 42
+"""The prompt size the scripted engine reports (first chunk, and count_tokens)."""
 
 @dataclass
 class ScriptedBackend:
@@ -60,17 +63,21 @@ class ScriptedBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Chunk, None]:
         self.requests.append(request)
+        first = True
         try:
             for step in self.script:
                 if isinstance(step, Exception):
                     raise step
+                if first and step.prompt_tokens is None:  # as engines do: the prompt's size
+                    step = replace(step, prompt_tokens=PROMPT_TOKENS)
+                first = False
                 yield step
         finally:
             self.closed += 1
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         self.requests.append(request)
-        return 42
+        return PROMPT_TOKENS
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         return EmbeddingResult(tuple((1.0, 0.0) for _ in request.inputs), len(request.inputs))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
 from lokal.server.doors.anthropic.translate import tool_use_id
+from lokal.server.doors.render import Start
 from lokal.server.errors import APIError
 from lokal.server.streaming import Frame
 
@@ -40,7 +41,7 @@ class MessagesRenderer:
     model: str
     request_id: str
     input_tokens: int = 0
-    """Counted before the stream starts: message_start carries it."""
+    """The prompt's size, known once the first chunk is there: message_start carries it."""
     framing: Literal["sse", "ndjson"] = "sse"
     ping: Frame | None = field(default_factory=lambda: Frame({"type": "ping"}, "ping"))
     _block: int = -1
@@ -58,6 +59,9 @@ class MessagesRenderer:
                 "stop_details": None, "container": None,
                 "usage": _usage(usage.prompt_tokens if usage else self.input_tokens,
                                 usage.completion_tokens if usage else 0)}
+
+    def started(self, start: Start) -> None:
+        self.input_tokens = start.prompt_tokens
 
     def head(self) -> list[Frame]:
         start = {"type": "message_start", "message": self._message([], None, False)}

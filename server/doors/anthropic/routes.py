@@ -24,9 +24,6 @@ async def create_message(body: CreateMessageRequest, request: Request, pool: Poo
                          request_id: RequestIdDep, settings: SettingsDep) -> Response:
     translated = translate(body, request_id, settings.schema_limits())
     renderer = MessagesRenderer(f"msg_{uuid.uuid4().hex[:24]}", body.model, request_id)
-    if body.stream:  # message_start carries the prompt's size, before any output
-        async with pool.lease(body.model) as backend:
-            renderer.input_tokens = await backend.count_tokens(translated.generation)
     return await serve_generation(request, pool, body.model, [translated.generation],
                                   renderer, stream=bool(body.stream), tools=translated.plan)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from lokal.backends.events import Finish, OutputEvent, TextDelta
 from lokal.backends.tool_calls import Call
+from lokal.server.doors.render import Start
 from lokal.server.errors import APIError
 from lokal.server.streaming import Frame
 
@@ -89,6 +90,9 @@ class _OllamaRenderer:
     def last(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {**self.chunk(payload, True), "done_reason": _reason(self.finish),
                 **self.timing.fields(self.finish)}
+
+    def started(self, start: Start) -> None:
+        self.timing.load_ns = _ns(max(start.leased_at - self.timing.started, 0))
 
     def head(self) -> list[Frame]:
         self.timing.mark_first()  # the stream starts once the first output is there

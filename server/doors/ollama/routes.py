@@ -38,7 +38,7 @@ from lokal.server.doors.ollama.wire import (
     OllamaOptions,
     ShowRequest,
 )
-from lokal.server.doors.translate import MAX_EMBEDDING_INPUTS, Translated
+from lokal.server.doors.translate import MAX_EMBEDDING_INPUTS
 from lokal.server.generation import serve_generation
 from lokal.server.limits import reject_lone_surrogates
 from lokal.server.version import lokal_version
@@ -62,19 +62,6 @@ api.add_api_route("/version", ollama_version, methods=["HEAD"], include_in_schem
 
 def _timing(request: Request) -> Timing:
     return Timing(getattr(request.state, "started", None) or time.perf_counter())
-
-
-async def _held(request: Request, pool: ModelPool, model: str, translated: Translated,
-                renderer: OllamaChatRenderer | OllamaGenerateRenderer,
-                stream: bool) -> Response:
-    """Waits for the model first (Ollama's load_duration), then generates."""
-    lease = await pool.acquire(model)
-    renderer.timing.load_ns = int((time.perf_counter() - renderer.timing.started) * 1e9)
-    try:
-        return await serve_generation(request, pool, model, [translated.generation], renderer,
-                                      stream=stream, tools=translated.plan)
-    finally:
-        lease.release()
 
 
 async def _load_or_unload(pool: ModelPool, model: str, seconds: float | None,
@@ -108,8 +95,11 @@ async def ollama_chat(body: ChatRequest, request: Request, pool: PoolDep,
         return JSONResponse(await _load_or_unload(
             pool, model, seconds, {"message": {"role": "assistant", "content": ""}},
             body.model))
-    return await _held(request, pool, model, translated,
-                       OllamaChatRenderer(body.model, timing), body.stream)
+    # the renderer learns from serve_generation() how long the model took to come
+    # (Ollama's load_duration)
+    return await serve_generation(request, pool, model, [translated.generation],
+                                  OllamaChatRenderer(body.model, timing), stream=body.stream,
+                                  tools=translated.plan)
 
 
 @api.post("/generate", response_model=None)
@@ -124,8 +114,9 @@ async def ollama_generate(body: GenerateRequest, request: Request, pool: PoolDep
     if not body.prompt and body.suffix is None:
         return JSONResponse(await _load_or_unload(pool, model, seconds, {"response": ""},
                                                   body.model))
-    return await _held(request, pool, model, translated,
-                       OllamaGenerateRenderer(body.model, timing), body.stream)
+    return await serve_generation(request, pool, model, [translated.generation],
+                                  OllamaGenerateRenderer(body.model, timing),
+                                  stream=body.stream, tools=translated.plan)
 
 
 async def _embed(request: Request, pool: ModelPool, model: str, request_id: str,

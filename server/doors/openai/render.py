@@ -24,6 +24,7 @@ from lokal.server.doors.openai.wire import (
     Completion,
     CompletionChoice,
 )
+from lokal.server.doors.render import Start
 from lokal.server.doors.wire import SamplingFields
 from lokal.server.errors import APIError, envelope
 from lokal.server.streaming import Frame
@@ -68,6 +69,9 @@ class _OpenAIRenderer:
     null_usage = False
     """Chat chunks carry `"usage": null` until the last one (as OpenAI sends them); the legacy
     completions schema does not allow null there, so those omit the key."""
+
+    def started(self, start: Start) -> None:
+        """Nothing to take: usage comes with each choice's last chunk."""
     kind = ""
 
     def wrap(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> Frame:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
+from lokal.server.doors.render import Start
 from lokal.server.doors.responses.translate import Item, new_id
 from lokal.server.errors import APIError
 from lokal.server.streaming import Frame
@@ -77,6 +78,9 @@ class ResponsesRenderer:
         if usage is not None:  # the spec's usage is never null: absent until known
             response["usage"] = usage
         return response
+
+    def started(self, start: Start) -> None:
+        """Nothing to take: usage comes with the last chunk."""
 
     def head(self) -> list[Frame]:
         return [self._frame("response.created", response=self.response("in_progress")),
