@@ -20,6 +20,17 @@ def logits_row(ctx: Any, batch_index: int, n_vocab: int) -> np.ndarray[Any, Any]
                                  shape=(n_vocab,))
 
 
+RANDOM_SEED = 0xFFFFFFFF
+"""llama.cpp's LLAMA_DEFAULT_SEED: given to a sampler it means "pick a random seed"."""
+
+
+def fixed_seed(seed: int) -> int:
+    """`seed` as the 32-bit seed llama.cpp takes, never the value it reads as "random": a
+    request's seed must give the same tokens every time (4294967295 samples as 4294967294)."""
+    seed %= 2**32
+    return seed - 1 if seed == RANDOM_SEED else seed
+
+
 class SamplerChain:
     """Owns one `llama_sampler` chain. `sample` applies it and accepts the chosen token."""
 
@@ -65,7 +76,7 @@ class SamplerChain:
                 add(llama_cpp.llama_sampler_init_top_k(params.top_k))
             if params.top_p < 1.0:
                 add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-            add(llama_cpp.llama_sampler_init_dist(seed))
+            add(llama_cpp.llama_sampler_init_dist(fixed_seed(seed)))
 
     def sample(self, ctx: Any, batch_index: int) -> int:
         if self._argmax:

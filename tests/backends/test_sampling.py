@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lokal.backends.base import SamplingParams
-from lokal.backends.llamacpp.sampling import SamplerChain, logits_row
+from lokal.backends.llamacpp.sampling import SamplerChain, fixed_seed, logits_row
 from tests.tiny_gguf import BOS, write_tiny_gguf
 
 FLOOR = -1000.0  # a logit no sampler ever picks
@@ -176,3 +176,15 @@ def test_close_frees_the_chain_once(row: Row) -> None:
     assert chain.sample(row.ctx, 0) == 7
     chain.close()
     chain.close()  # a second free of the native chain would crash the process
+
+
+def test_the_seed_llama_cpp_reads_as_random_draws_the_same_tokens_too(row: Row) -> None:
+    """llama.cpp takes 0xFFFFFFFF as "pick a random seed"; a request's seed is always fixed
+    (the scheduler gives choice i the seed + i, so seed 4294967294 with n=2 reached it)."""
+    row.write({}, floor=0.0)
+    params = SamplingParams(temperature=1.0)
+    first = row.draws(params, 16, seed=0xFFFFFFFF)
+    assert row.draws(params, 16, seed=0xFFFFFFFF) == first
+    assert row.draws(params, 16, seed=0xFFFFFFFE) == first  # the seed it stands in for
+    assert fixed_seed(-1) == fixed_seed(0xFFFFFFFF) == 0xFFFFFFFE
+    assert fixed_seed(2**32 + 5) == 5 and fixed_seed(0) == 0
