@@ -11,11 +11,34 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call. None where the request said nothing: the chat template
+    shows the model only what was given."""
+
+    name: str
+    description: str | None = None
+    parameters: Mapping[str, Any] | None = None
+    """The arguments' JSON schema; None: any object."""
+    strict: bool | None = None
+    """The caller asked for the schema to be enforced exactly."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made: in a reply (read by backends.tool_calls) or in the history."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments' JSON text, as generated (or as the client sent it back)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
     content: str | None
     name: str | None = None
-    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
 
 
@@ -32,7 +55,7 @@ class TokenPrompt:
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
     messages: tuple[ChatMessage, ...]
-    tools: tuple[Mapping[str, Any], ...] = ()
+    tools: tuple[Tool, ...] = ()
     add_generation_prompt: bool = True
     continue_final: bool = False
     """The model continues the final message (a prefilled reply) instead of starting a turn."""
@@ -180,10 +203,14 @@ class ModelInfo:
     """Whose chat template renders chat prompts: the model file's own, the YAML's
     `chat_template`, or lokal's ChatML fallback; None until the engine has looked."""
     tool_format: Literal["hermes", "llama3", "mistral"] = "hermes"
-    """How this model writes tool calls (backends.tool_calls), from its chat template."""
+    """How this model writes tool calls (backends.tool_formats), from its chat template."""
     memory_in_process: bool = False
     """The engine holds the model in this process (llama.cpp, not vLLM's engine core), so
     this process's growth over the load is the model's memory."""
+    vllm_series: Literal["engine", "lokal"] | None = None
+    """Who publishes vLLM's metric names (vllm:*) for this model: its engine itself (vLLM),
+    or lokal from the engine's stats and chunks (llama.cpp: routers that score vLLM pods
+    read lokal's the same way); None: nobody."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
@@ -13,7 +13,7 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from lokal.backends.base import ChatMessage
+from lokal.backends.base import ChatMessage, Tool, ToolCall
 from lokal.backends.errors import InvalidParameter
 from lokal.backends.tools import rewrite_for_generic
 
@@ -61,23 +61,33 @@ def message_to_dict(message: ChatMessage) -> dict[str, Any]:
     if message.name is not None:
         out["name"] = message.name
     if message.tool_calls:
-        calls = []
-        for call in message.tool_calls:
-            call = dict(call)
-            function = dict(call.get("function", {}))
-            # HF templates expect arguments as a mapping; OpenAI sends a JSON string.
-            args = function.get("arguments")
-            if isinstance(args, str):
-                try:
-                    function["arguments"] = json.loads(args)
-                except json.JSONDecodeError:
-                    pass
-            call["function"] = function
-            calls.append(call)
-        out["tool_calls"] = calls
+        out["tool_calls"] = [call_to_dict(call) for call in message.tool_calls]
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     return out
+
+
+def call_to_dict(call: ToolCall) -> dict[str, Any]:
+    """A call as HF templates read it: OpenAI's shape, with the arguments as a mapping (as
+    they expect) when the JSON text parses."""
+    arguments: Any = call.arguments
+    try:
+        arguments = json.loads(call.arguments)
+    except json.JSONDecodeError:
+        pass
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": arguments}}
+
+
+def tool_to_dict(tool: Tool) -> dict[str, Any]:
+    """A tool as HF templates read it (OpenAI's function-tool shape), with only the fields the
+    request gave."""
+    function: dict[str, Any] = {"name": tool.name}
+    for key, value in (("description", tool.description), ("parameters", tool.parameters),
+                       ("strict", tool.strict)):
+        if value is not None:
+            function[key] = value
+    return {"type": "function", "function": function}
 
 
 class ChatTemplate:
@@ -102,7 +112,7 @@ class ChatTemplate:
         self,
         messages: Sequence[ChatMessage],
         *,
-        tools: Sequence[Mapping[str, Any]] = (),
+        tools: Sequence[Tool] = (),
         add_generation_prompt: bool = True,
         continue_final: bool = False,
     ) -> str:
@@ -120,7 +130,7 @@ class ChatTemplate:
             "eos_token": self.eos_token,
         }
         if tools:
-            context["tools"] = [dict(t) for t in tools]
+            context["tools"] = [tool_to_dict(t) for t in tools]
         try:
             return self._template.render(**context)
         except TemplateError:
@@ -133,7 +143,7 @@ class ChatTemplate:
             ) from exc
 
     def _continue_final(self, messages: Sequence[ChatMessage],
-                        tools: Sequence[Mapping[str, Any]]) -> str:
+                        tools: Sequence[Tool]) -> str:
         if not messages or not messages[-1].content:
             raise InvalidParameter("there is no final message text to continue",
                                    param="messages")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from lokal.backends.base import Chunk, FinishReason, TokenLogprob, Usage
-from lokal.backends.tool_calls import Call, CallStart, Event, ToolCallParser
+from lokal.backends.base import Chunk, FinishReason, TokenLogprob, ToolCall, Usage
+from lokal.backends.tool_calls import CallStart, Event, ToolCallParser
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class Finish:
     choice: int
     reason: FinishReason
     usage: Usage | None
-    calls: tuple[Call, ...] = ()
+    calls: tuple[ToolCall, ...] = ()
     stop_sequence: str | None = None
     """The request's stop string that ended the choice, if one did."""
 

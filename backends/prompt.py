@@ -13,7 +13,7 @@ from lokal.backends.base import ChatPrompt, GenerationRequest, TextPrompt, Token
 from lokal.backends.chat_template import ChatTemplate, template_source
 from lokal.backends.errors import ContextLengthExceeded, InvalidParameter
 from lokal.backends.fim import no_fim
-from lokal.backends.tool_calls import ModelFormat, format_for_template
+from lokal.backends.tool_formats import ModelFormat, format_for_template
 
 logger = logging.getLogger(__name__)
 

@@ -8,22 +8,14 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+from lokal.backends.base import ToolCall
 from lokal.backends.tool_formats import (
     BETWEEN,
     CALL_HEAD,
     OPENERS,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-    CallTrigger,
-    ModelFormat,
     ToolFormat,
     bare_head,
-    format_for_template,
 )
-
-__all__ = ["TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "Call", "CallArguments", "CallStart",
-           "CallTrigger", "Event", "ModelFormat", "ToolCallParser", "ToolFormat",
-           "format_for_template"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +33,6 @@ class CallArguments:
 
     index: int
     text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    id: str
-    name: str
-    arguments: str
-    """The arguments' JSON text, as generated."""
 
 
 Event = str | CallStart | CallArguments
@@ -112,7 +96,7 @@ class ToolCallParser:
         """Nothing shown yet: the reply may still open with a bare call."""
         self._shown = ""
         self._object: _Object | None = None
-        self._calls: list[Call] = []
+        self._calls: list[ToolCall] = []
         self._started = 0
         self._raw = ""
         """Everything fed since calls may have begun: content after all if none was a call."""
@@ -218,7 +202,7 @@ class ToolCallParser:
             return False
         arguments = obj.text[obj.args_from:obj.args_to]
         assert obj.name is not None
-        self._calls.append(Call(obj.id, obj.name, arguments))
+        self._calls.append(ToolCall(obj.id, obj.name, arguments))
         return True
 
     # -- the public side ------------------------------------------------------------------
@@ -229,7 +213,7 @@ class ToolCallParser:
         self._raw += text
         return self._calls_from(text)
 
-    def finish(self, cut: bool = False) -> tuple[list[Event], list[Call]]:
+    def finish(self, cut: bool = False) -> tuple[list[Event], list[ToolCall]]:
         """The events still held and the complete calls. A call whose arguments did not close
         is dropped (max_tokens `cut` it), also before its name was announced: a forced call, or
         one begun with the format's opener or as a bare call to an offered tool, never comes
@@ -262,10 +246,10 @@ class ToolCallParser:
         return self._shown
 
 
-def _whole_calls(text: str, known: frozenset[str]) -> list[Call]:
+def _whole_calls(text: str, known: frozenset[str]) -> list[ToolCall]:
     """Every call object in `text`, parsed whole; [] unless all of it is calls."""
     decoder = json.JSONDecoder()
-    calls: list[Call] = []
+    calls: list[ToolCall] = []
     at = 0
     while True:
         skipped = BETWEEN.match(text, at)
@@ -282,7 +266,7 @@ def _whole_calls(text: str, known: frozenset[str]) -> list[Call]:
             args = item.get("arguments", item.get("parameters", {}))
             if not isinstance(args, dict):
                 return []
-            calls.append(Call(f"call_{uuid.uuid4().hex[:24]}", item["name"],
+            calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", item["name"],
                               json.dumps(args, ensure_ascii=False)))
 
 

@@ -4,10 +4,10 @@ templates that know no tools, and the JSON schema that forces a well-formed tool
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from lokal.backends.base import ChatMessage
+from lokal.backends.base import ChatMessage, Tool, ToolCall
 from lokal.backends.tool_formats import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 GENERIC_TOOL_PROMPT = """You can call functions to help answer. The available functions, \
@@ -18,38 +18,29 @@ To call a function, reply with only this, once per call:
 Otherwise, answer normally."""
 
 
-def function_of(tool: Mapping[str, Any]) -> Mapping[str, Any]:
-    function = tool.get("function", tool)
-    assert isinstance(function, Mapping)
-    return function
+def _any_object() -> dict[str, Any]:
+    """The arguments' schema of a tool that gives none (a new dict: callers may change it)."""
+    return {"type": "object", "properties": {}}
 
 
-def generic_tool_prompt(tools: Sequence[Mapping[str, Any]]) -> str:
-    lines = []
-    for tool in tools:
-        function = function_of(tool)
-        lines.append(json.dumps({
-            "name": function["name"],
-            "description": function.get("description") or "",
-            "parameters": function.get("parameters") or {"type": "object", "properties": {}},
-        }, ensure_ascii=False))
+def generic_tool_prompt(tools: Sequence[Tool]) -> str:
+    lines = [json.dumps({"name": tool.name, "description": tool.description or "",
+                         "parameters": tool.parameters or _any_object()}, ensure_ascii=False)
+             for tool in tools]
     return GENERIC_TOOL_PROMPT.format(functions="\n".join(lines))
 
 
-def _call_text(call: Mapping[str, Any]) -> str:
-    function = call.get("function", {})
-    args = function.get("arguments", "{}")
+def _call_text(call: ToolCall) -> str:
     try:
-        parsed = json.loads(args) if isinstance(args, str) else args
+        parsed = json.loads(call.arguments)
     except json.JSONDecodeError:
-        parsed = args
-    body = json.dumps({"name": function.get("name"), "arguments": parsed}, ensure_ascii=False)
+        parsed = call.arguments
+    body = json.dumps({"name": call.name, "arguments": parsed}, ensure_ascii=False)
     return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
 
 
-def rewrite_for_generic(
-    messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]]
-) -> list[ChatMessage]:
+def rewrite_for_generic(messages: Sequence[ChatMessage],
+                        tools: Sequence[Tool]) -> list[ChatMessage]:
     """Messages a tool-unaware template can render: the tool prompt joins the system message,
     assistant tool calls become <tool_call> text, tool results become user turns."""
     out: list[ChatMessage] = []
@@ -74,22 +65,17 @@ def rewrite_for_generic(
 
 
 def tool_call_schema(
-    tools: Sequence[Mapping[str, Any]], *, only: str | None = None, parallel: bool = True
+    tools: Sequence[Tool], *, only: str | None = None, parallel: bool = True
 ) -> dict[str, Any]:
     """JSON schema of the output when a tool call is required (or one function is named):
     one call object, or with `parallel` a non-empty array of them."""
-    calls = []
-    for tool in tools:
-        function = function_of(tool)
-        if only is not None and function["name"] != only:
-            continue
-        parameters = function.get("parameters") or {"type": "object", "properties": {}}
-        calls.append({
-            "type": "object",
-            "properties": {"name": {"const": function["name"]}, "arguments": parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        })
+    calls = [{
+        "type": "object",
+        "properties": {"name": {"const": tool.name},
+                       "arguments": tool.parameters or _any_object()},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    } for tool in tools if only is None or tool.name == only]
     one: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if parallel:
         return {"type": "array", "items": one, "minItems": 1}

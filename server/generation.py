@@ -138,7 +138,7 @@ async def start(
             limit = settings.request_timeout
             generation = replace(generation, deadline=Deadline(started + limit, limit))
         chunks = backend.generate(generation)
-        watch = metrics.watch(model_id, started, vllm_names=backend.info.backend == "llamacpp")
+        watch = metrics.watch(model_id, started, vllm_names=backend.info.vllm_series == "lokal")
         try:
             first = await anext(chunks)
         except StopAsyncIteration:

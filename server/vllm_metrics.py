@@ -34,31 +34,31 @@ class VllmSeries:
     """The histograms and counters, observed by Metrics.observe for llama.cpp-engine models."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.ttft = Histogram("vllm:time_to_first_token_seconds",
-                              "Histogram of time to first token in seconds.", LABELS,
-                              buckets=TTFT_BUCKETS, registry=r)
-        self.itl = Histogram("vllm:inter_token_latency_seconds",
-                             "Histogram of inter-token latency in seconds.", LABELS,
-                             buckets=ITL_BUCKETS, registry=r)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds",
-                             "Histogram of e2e request latency in seconds.", LABELS,
-                             buckets=REQUEST_LATENCY_BUCKETS, registry=r)
-        self.queue = Histogram("vllm:request_queue_time_seconds",
-                               "Histogram of time spent in WAITING phase for request.", LABELS,
-                               buckets=REQUEST_LATENCY_BUCKETS, registry=r)
-        self.prefix_queries = Counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried "
-            "tokens.", LABELS, registry=r)
-        self.prefix_hits = Counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached "
-            "tokens.", LABELS, registry=r)
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Number of prefill tokens "
-                                     "processed.", LABELS, registry=r)
-        self.generation_tokens = Counter("vllm:generation_tokens", "Number of generation "
-                                         "tokens processed.", LABELS, registry=r)
-        self.success = Counter("vllm:request_success", "Count of successfully processed "
-                               "requests.", [*LABELS, "finished_reason"], registry=r)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(f"vllm:{name}", doc, LABELS, buckets=buckets, registry=registry)
+
+        def counter(name: str, doc: str, *extra: str) -> Counter:
+            return Counter(f"vllm:{name}", doc, [*LABELS, *extra], registry=registry)
+
+        self.ttft = histogram("time_to_first_token_seconds",
+                              "Histogram of time to first token in seconds.", TTFT_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds",
+                             "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds",
+                             "Histogram of e2e request latency in seconds.",
+                             REQUEST_LATENCY_BUCKETS)
+        self.queue = histogram("request_queue_time_seconds",
+                               "Histogram of time spent in WAITING phase for request.",
+                               REQUEST_LATENCY_BUCKETS)
+        self.prefix_queries = counter(
+            "prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.")
+        self.prefix_hits = counter(
+            "prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
+        self.prompt_tokens = counter("prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("generation_tokens",
+                                         "Number of generation tokens processed.")
+        self.success = counter("request_success", "Count of successfully processed requests.",
+                               "finished_reason")
 
     def usage(self, model: str, usage: Usage, prompt_counted: bool) -> None:
         """A choice's usage: generated tokens always, the prompt once per request."""
@@ -98,7 +98,7 @@ class VllmMetrics(Collector):
         yield from merged.values()
 
     def _from_vllm_engines(self) -> Iterator[Metric]:
-        if not any(m.backend == "vllm" for m in self.pool.models()):
+        if not any(m.vllm_series == "engine" for m in self.pool.models()):
             return
         from prometheus_client import REGISTRY
 
@@ -135,7 +135,7 @@ class VllmGauges(Collector):
         loaded = []
         for model in self.pool.models():
             stats = every.get(model.id)
-            if model.backend != "llamacpp" or stats is None:
+            if model.vllm_series != "lokal" or stats is None:
                 continue
             loaded.append(model.id)
             labels = [model.id, ENGINE]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -32,10 +33,21 @@ def test_every_folder_with_code_is_a_listed_package() -> None:
 
 
 def test_the_wheel_holds_only_lokal(tmp_path: Path) -> None:
+    # Built from a copy: pip builds in the source tree, and a build/ left there would carry
+    # modules since deleted into the next wheel (and unseen by this test).
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "node_modules", "build", "*.egg-info")
+    for folder in (*FOLDERS, "configs"):
+        shutil.copytree(REPO / folder, source / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("lokal-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    stale = {n for n in names if n.endswith(".py") and n.startswith("lokal/")
+             and not (source / _folder_path(n)).is_file()}
+    assert not stale, f"modules in the wheel with no source: {sorted(stale)}"
     (top_level,) = (n for n in names if n.endswith(".dist-info/top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["lokal"]
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -47,3 +59,8 @@ def test_the_wheel_holds_only_lokal(tmp_path: Path) -> None:
             member = "/".join((*name.split("."), *source.relative_to(REPO / folder).parts))
             assert member in names, f"{source} is missing from the wheel"
     assert "lokal/server/ui/index.html" in names and "lokal/server/ui/app.js" in names
+
+
+def _folder_path(member: str) -> str:
+    """A wheel member's source path: lokal/server/x.py -> server/x.py."""
+    return member.removeprefix("lokal/")

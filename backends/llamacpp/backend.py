@@ -32,7 +32,7 @@ from lokal.backends.llamacpp.scheduler import Scheduler
 from lokal.backends.llamacpp.tokenizer import LlamaTokenizer
 from lokal.backends.prompt import PromptFrontEnd
 from lokal.backends.spec import ModelSpec
-from lokal.backends.tool_calls import CallTrigger
+from lokal.backends.tool_formats import CallTrigger
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class LlamaCppBackend:
             created=int(time.time()),
             capabilities=Capabilities(tools=True, json_schema=True, logprobs=True),
             memory_in_process=True,
+            vllm_series="lokal",
         )
 
     @property

@@ -23,7 +23,7 @@ from lokal.backends.base import Constraint
 from lokal.backends.errors import InvalidParameter
 from lokal.backends.json_schema import CALL_WHITESPACE, JSON_WHITESPACE, closed
 from lokal.backends.spec import GrammarLimits
-from lokal.backends.tool_calls import CallTrigger
+from lokal.backends.tool_formats import CallTrigger
 
 logger = logging.getLogger(__name__)
 

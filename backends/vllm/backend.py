@@ -111,7 +111,8 @@ class VllmBackend:
         self._info = ModelInfo(
             id=spec.id, context_length=spec.context_length, backend="vllm",
             backend_reason=reason, device=hardware.device, owned_by=spec.owned_by,
-            created=int(time.time()), capabilities=Capabilities(json_schema=True))
+            created=int(time.time()), capabilities=Capabilities(json_schema=True),
+            vllm_series="engine")
 
     @property
     def info(self) -> ModelInfo:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
-from lokal.backends.base import Constraint, GenerationRequest, SamplingParams
-from lokal.backends.tool_calls import ToolCallParser, ToolFormat
+from lokal.backends.base import Constraint, GenerationRequest, SamplingParams, Tool
+from lokal.backends.tool_calls import ToolCallParser
+from lokal.backends.tool_formats import ToolFormat
 from lokal.backends.tools import tool_call_schema
 from lokal.server.errors import APIError
 from lokal.server.settings import SchemaLimits
@@ -84,12 +85,12 @@ class ToolChoice:
 
 @dataclass(frozen=True, slots=True)
 class ToolPlan:
-    """What a request's tools become: the tools the prompt shows (OpenAI's function-tool
-    shape, which chat templates expect), the names a call may take, whether the whole output
-    is calls (`forced`: tool_choice required or a named function), and the constraint that
-    enforces them. Empty when there are no tools or the choice is `none`."""
+    """What a request's tools become: the tools the prompt shows, the names a call may take,
+    whether the whole output is calls (`forced`: tool_choice required or a named function),
+    and the constraint that enforces them. Empty when there are no tools or the choice is
+    `none`."""
 
-    tools: tuple[Mapping[str, Any], ...] = ()
+    tools: tuple[Tool, ...] = ()
     names: frozenset[str] = frozenset()
     forced: bool = False
     constraint: Constraint | None = None
@@ -102,25 +103,23 @@ class ToolPlan:
         return partial(ToolCallParser, tool_format, self.names, self.forced)
 
 
-def tool_plan(tools: Sequence[Mapping[str, Any]], choice: ToolChoice | None, *,
+def tool_plan(tools: Sequence[Tool], choice: ToolChoice | None, *,
               parallel: bool = True, param: str = "tools",
               choice_param: str = "tool_choice",
               schema_field: str = "function.parameters") -> ToolPlan:
     """The one place tools and tool_choice are checked and enforced, for every front door.
-    `tools` are function tools as {"type": "function", "function": {"name", "description",
-    "parameters"}}; `param`, `choice_param` and `schema_field` name the fields in the
-    caller's protocol."""
+    `param`, `choice_param` and `schema_field` name the fields in the caller's protocol."""
     if choice is not None and not tools:
         raise APIError(400, f"'{choice_param}' is only allowed when '{param}' are specified.",
                        param=choice_param, code="invalid_value")
     if not tools or (choice is not None and choice.mode == "none"):
         return ToolPlan()
-    names = [t["function"]["name"] for t in tools]
+    names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise APIError(400, f"Invalid '{param}': function names must be unique.", param=param,
                        code="invalid_value")
     for i, tool in enumerate(tools):
-        params = tool["function"].get("parameters")
+        params = tool.parameters
         if params is not None and params.get("type", "object") != "object":
             where = f"{param}[{i}].{schema_field}"
             raise APIError(400, f"Invalid '{where}': must be a JSON schema of type object.",
@@ -137,7 +136,7 @@ def tool_plan(tools: Sequence[Mapping[str, Any]], choice: ToolChoice | None, *,
     else:
         # Auto: the model may answer in text; a call it begins is held to its tool's schema.
         # Best effort unless a tool asks for strict enforcement.
-        strict = any(t["function"].get("strict") for t in tools)
+        strict = any(t.strict for t in tools)
         constraint = Constraint(kind="tool_calls", schema=tool_call_schema(
             list(tools), parallel=False), lazy=True, names=frozenset(names),
             best_effort=not strict)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lokal.backends.base import ChatMessage
+from lokal.backends.base import ChatMessage, Tool, ToolCall
 from lokal.backends.chat_template import ChatTemplate
 from lokal.backends.errors import InvalidParameter
 from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
@@ -63,8 +63,7 @@ def test_tojson_bos_and_tool_call_arguments_as_mapping() -> None:
         "{{ m.tool_calls[0].function.arguments | tojson }}{% endif %}{% endfor %}",
         bos_token="<s>",
     )
-    msg = ChatMessage("assistant", None, tool_calls=(
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},))
+    msg = ChatMessage("assistant", None, tool_calls=(ToolCall("c1", "f", '{"a": 1}'),))
     assert template.render([msg]) == '<s>{"a": 1}'
 
 
@@ -83,17 +82,15 @@ def test_syntax_error_is_reported_at_load() -> None:
 def test_tool_aware_template_gets_tools_and_raw_history() -> None:
     template = ChatTemplate("{% for t in tools %}{{ t.function.name }};{% endfor %}"
                             "{% for m in messages %}{{ m.role }}:{{ m.content }}|{% endfor %}")
-    tool = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    tool = Tool("get_time", parameters={})
     out = template.render([ChatMessage("tool", "12:00", tool_call_id="c1")], tools=[tool])
     assert out == "get_time;tool:12:00|"
 
 
 def test_generic_tool_prompt_and_history_for_tool_unaware_template(smollm_template: str) -> None:
-    tool = {"type": "function", "function": {
-        "name": "get_weather", "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-    call = {"id": "c1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    tool = Tool("get_weather", "Weather in a city",
+                {"type": "object", "properties": {"city": {"type": "string"}}})
+    call = ToolCall("c1", "get_weather", '{"city": "Paris"}')
     out = ChatTemplate(smollm_template).render(
         [ChatMessage("user", "Weather in Paris?"),
          ChatMessage("assistant", None, tool_calls=(call,)),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lokal.backends.base import Constraint
+from lokal.backends.base import Constraint, Tool
 from lokal.backends.errors import InvalidParameter
 from lokal.backends.llamacpp.guidance import LOOSEN_MAX_TOOLS, Guidance, LazyCall, apply_mask
 from lokal.backends.spec import GrammarLimits
@@ -105,8 +105,8 @@ def test_whitespace_between_json_tokens_is_one_space_or_newline(vocab: tuple[Any
 
 
 def lazy_call(vocab: tuple[Any, int], fmt: str = "hermes") -> LazyCall:
-    call_schema = tool_call_schema([{"type": "function", "function": {
-        "name": "get_weather", "parameters": OPEN_WEATHER}}], parallel=False)
+    call_schema = tool_call_schema([Tool("get_weather", parameters=OPEN_WEATHER)],
+                                   parallel=False)
     constraint = Constraint("tool_calls", schema=call_schema, lazy=True,
                             names=frozenset({"get_weather"}))
     (prototype,) = Guidance(*vocab).matchers(constraint, 1)
@@ -145,8 +145,8 @@ def test_a_fenced_call_is_held_from_its_name_with_the_models_indentation(
 
 def test_unenforceable_tools_in_auto_mode_fall_back_to_any_object(
         vocab: tuple[Any, int]) -> None:
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}}}}]
+    tools = [Tool("f", parameters={
+        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}})]
     strict = Constraint("tool_calls", schema=tool_call_schema(tools, parallel=False),
                         lazy=True, names=frozenset({"f"}))
     with pytest.raises(InvalidParameter, match="'not'"):
@@ -161,13 +161,12 @@ def test_finding_the_tools_to_loosen_compiles_a_bounded_number(
         vocab: tuple[Any, int], count: int, held: bool) -> None:
     """Up to the bound each tool is compiled alone and only the unenforceable one loosened;
     past it (a request could send thousands) every call's arguments are loosened at once."""
-    bad = {"type": "function", "function": {"name": "bad", "parameters": {
-        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}}}}
-    good = [{"type": "function", "function": {"name": f"t{i}", "parameters": OPEN_WEATHER}}
-            for i in range(count - 1)]
+    bad = Tool("bad", parameters={
+        "type": "object", "properties": {"n": {"type": "number", "not": {"const": 3}}}})
+    good = [Tool(f"t{i}", parameters=OPEN_WEATHER) for i in range(count - 1)]
     tools = [bad, *good]
     constraint = Constraint("tool_calls", schema=tool_call_schema(tools, parallel=False),
-                            lazy=True, names=frozenset(t["function"]["name"] for t in tools),
+                            lazy=True, names=frozenset(t.name for t in tools),
                             best_effort=True)
     extra_key = '{"name": "t0", "arguments": {"city": "Oslo", "wind": 3}}'
     assert takes(Guidance(*vocab), constraint, extra_key) is not held

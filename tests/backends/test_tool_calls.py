@@ -7,15 +7,8 @@ import json
 
 import pytest
 
-from lokal.backends.tool_calls import (
-    CallArguments,
-    CallStart,
-    CallTrigger,
-    Event,
-    ToolCallParser,
-    ToolFormat,
-    format_for_template,
-)
+from lokal.backends.tool_calls import CallArguments, CallStart, Event, ToolCallParser
+from lokal.backends.tool_formats import CallTrigger, ToolFormat, format_for_template
 
 KNOWN = frozenset({"get_weather", "get_time"})
 WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'

@@ -10,22 +10,19 @@ from typing import Any
 import jsonschema
 import pytest
 
-from lokal.backends.base import ChatMessage, Role
+from lokal.backends.base import ChatMessage, Role, Tool, ToolCall
 from lokal.backends.tool_calls import ToolCallParser
 from lokal.backends.tools import generic_tool_prompt, rewrite_for_generic, tool_call_schema
 
-WEATHER: dict[str, Any] = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
-TIME: dict[str, Any] = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}},
-                                       "required": ["tz"], "additionalProperties": False}}}
-NO_PARAMS: dict[str, Any] = {"type": "function", "function": {"name": "ping"}}
+WEATHER = Tool("get_weather", "Weather in a city", {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+TIME = Tool("get_time", parameters={"type": "object", "properties": {"tz": {"type": "string"}},
+                                    "required": ["tz"], "additionalProperties": False})
+NO_PARAMS = Tool("ping")
 
 
-def call(name: str, arguments: Any, call_id: str = "c1") -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+def call(name: str, arguments: str, call_id: str = "c1") -> ToolCall:
+    return ToolCall(call_id, name, arguments)
 
 
 def valid(schema: Mapping[str, Any], instance: Any) -> bool:
@@ -44,8 +41,8 @@ def test_generic_prompt_lists_each_function_as_one_json_line() -> None:
     functions = listed_functions(generic_tool_prompt([WEATHER, TIME]))
     assert functions == [
         {"name": "get_weather", "description": "Weather in a city",
-         "parameters": WEATHER["function"]["parameters"]},
-        {"name": "get_time", "description": "", "parameters": TIME["function"]["parameters"]},
+         "parameters": WEATHER.parameters},
+        {"name": "get_time", "description": "", "parameters": TIME.parameters},
     ]
 
 
@@ -55,13 +52,8 @@ def test_generic_prompt_gives_a_function_without_parameters_an_empty_object_sche
                     "parameters": {"type": "object", "properties": {}}}
 
 
-def test_generic_prompt_takes_bare_function_dicts_too() -> None:
-    assert generic_tool_prompt([WEATHER["function"]]) == generic_tool_prompt([WEATHER])
-
-
 def test_generic_prompt_keeps_braces_and_non_ascii_of_descriptions_as_they_are() -> None:
-    tool = {"name": "météo", "description": "Use {city} and {{unit}}",
-            "parameters": {"type": "object", "properties": {}}}
+    tool = Tool("météo", "Use {city} and {{unit}}", {"type": "object", "properties": {}})
     prompt = generic_tool_prompt([tool])
     assert '"name": "météo"' in prompt
     assert listed_functions(prompt)[0]["description"] == "Use {city} and {{unit}}"
@@ -79,7 +71,7 @@ def test_generic_prompt_teaches_the_hermes_call_form() -> None:
 
 def test_rewrite_turns_assistant_calls_into_tool_call_text_after_the_content() -> None:
     out = rewrite_for_generic([ChatMessage("assistant", "Let me check.", tool_calls=(
-        call("get_weather", '{"city": "Paris"}'), call("get_time", {"tz": "CET"}, "c2")))], [])
+        call("get_weather", '{"city": "Paris"}'), call("get_time", '{"tz": "CET"}', "c2")))], [])
     assert out == [ChatMessage(
         "assistant",
         'Let me check.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -191,14 +183,8 @@ def test_parallel_with_only_is_an_array_of_calls_to_that_tool() -> None:
 
 
 def test_missing_parameters_default_to_any_object() -> None:
-    for tool in (NO_PARAMS, {"type": "function", "function": {"name": "ping", "parameters": None}}):
-        schema = tool_call_schema([tool], parallel=False)
-        assert valid(schema, {"name": "ping", "arguments": {}})
-        assert valid(schema, {"name": "ping", "arguments": {"anything": 1}})
-        assert not valid(schema, {"name": "ping", "arguments": "{}"})
-        assert not valid(schema, {"name": "ping", "arguments": []})
-
-
-def test_schema_takes_bare_function_dicts_too() -> None:
-    assert tool_call_schema([WEATHER["function"], TIME["function"]]) == tool_call_schema(
-        [WEATHER, TIME])
+    schema = tool_call_schema([NO_PARAMS], parallel=False)
+    assert valid(schema, {"name": "ping", "arguments": {}})
+    assert valid(schema, {"name": "ping", "arguments": {"anything": 1}})
+    assert not valid(schema, {"name": "ping", "arguments": "{}"})
+    assert not valid(schema, {"name": "ping", "arguments": []})

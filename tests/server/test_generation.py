@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from lokal.backends.base import Chunk, GenerationRequest, ModelInfo, TextPrompt, Usage
 from lokal.backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter
 from lokal.backends.pool import ModelPool
-from lokal.backends.tool_calls import ModelFormat
+from lokal.backends.tool_formats import ModelFormat
 from lokal.server.settings import ServerSettings
 from tests.server.scripted import ScriptedBackend, scripted_client
 

@@ -5,9 +5,8 @@ tool plan, and a 400 in Anthropic's terms for what lokal cannot honour."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from lokal.backends.base import ChatMessage, ChatPrompt, GenerationRequest
+from lokal.backends.base import ChatMessage, ChatPrompt, GenerationRequest, Tool, ToolCall
 from lokal.server.doors.anthropic.wire import (
     ContentBlock,
     CountTokensRequest,
@@ -53,7 +52,7 @@ def _message(m: MessageParam, i: int) -> list[ChatMessage]:
         return [ChatMessage(m.role, m.content)]
     out: list[ChatMessage] = []
     texts: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[ToolCall] = []
 
     def flush_text() -> None:
         if texts and m.role == "user":
@@ -69,8 +68,7 @@ def _message(m: MessageParam, i: int) -> list[ChatMessage]:
         elif block.type == "tool_use" and m.role == "assistant":
             if not block.id or not block.name:
                 raise _bad(f"{where}: a tool_use block needs 'id' and 'name'")
-            calls.append({"id": block.id, "type": "function", "function": {
-                "name": block.name, "arguments": json.dumps(block.input or {})}})
+            calls.append(ToolCall(block.id, block.name, json.dumps(block.input or {})))
         elif block.type == "tool_result" and m.role == "user":
             if not block.tool_use_id:
                 raise _bad(f"{where}: a tool_result block needs 'tool_use_id'")
@@ -129,11 +127,8 @@ def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -
         if tool.type not in (None, "custom"):
             raise _bad(f"tools.{i}: tools of type '{tool.type}' (Anthropic's server tools) are "
                        "not supported; give client tools with name and input_schema")
-        function: dict[str, Any] = {"name": tool.name,
-                                    "parameters": tool.input_schema or {"type": "object"}}
-        if tool.description:
-            function["description"] = tool.description
-        tools.append({"type": "function", "function": function})
+        tools.append(Tool(tool.name, tool.description or None,
+                          tool.input_schema or {"type": "object"}))
     choice = None
     parallel = True
     if body.tool_choice is not None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from lokal.backends.base import ToolCall
 from lokal.backends.events import Finish, OutputEvent, TextDelta
-from lokal.backends.tool_calls import Call
 from lokal.server.doors.render import Start
 from lokal.server.errors import APIError
 from lokal.server.streaming import Frame
@@ -23,7 +23,7 @@ def created_at() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _arguments(call: Call) -> dict[str, Any]:
+def _arguments(call: ToolCall) -> dict[str, Any]:
     try:
         parsed = json.loads(call.arguments or "{}")
     except ValueError:
@@ -31,7 +31,7 @@ def _arguments(call: Call) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def tool_calls_wire(calls: Sequence[Call]) -> list[dict[str, Any]]:
+def tool_calls_wire(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     """Ollama's shape: {"function": {"name", "arguments": {...}}}, arguments an object."""
     return [{"function": {"index": i, "name": c.name, "arguments": _arguments(c)}}
             for i, c in enumerate(calls)]
@@ -81,7 +81,7 @@ class _OllamaRenderer:
     ping: Frame | None = None
     finish: Finish | None = None
 
-    def piece(self, text: str, calls: Sequence[Call] = ()) -> dict[str, Any]:
+    def piece(self, text: str, calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
         raise NotImplementedError
 
     def chunk(self, payload: dict[str, Any], done: bool) -> dict[str, Any]:
@@ -126,7 +126,7 @@ class _OllamaRenderer:
 class OllamaChatRenderer(_OllamaRenderer):
     """/api/chat: each chunk's `message` holds the next piece of the assistant's reply."""
 
-    def piece(self, text: str, calls: Sequence[Call] = ()) -> dict[str, Any]:
+    def piece(self, text: str, calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = tool_calls_wire(calls)
@@ -137,7 +137,7 @@ class OllamaChatRenderer(_OllamaRenderer):
 class OllamaGenerateRenderer(_OllamaRenderer):
     """/api/generate: each chunk's `response` holds the next piece of text."""
 
-    def piece(self, text: str, calls: Sequence[Call] = ()) -> dict[str, Any]:
+    def piece(self, text: str, calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
         return {"response": text}
 
 

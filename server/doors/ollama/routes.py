@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -187,39 +188,31 @@ async def ollama_ps(pool: PoolDep) -> dict[str, Any]:
     return {"models": await asyncio.to_thread(running, pool)}
 
 
-@api.post("/pull")
-async def ollama_pull() -> None:
-    raise ollama_error(NOT_HERE.format(what="pull models") + "; download one on the server "
-                       "with `lokal pull <hub repo>`, which writes its YAML there")
+# What Ollama manages itself and lokal leaves to its models directory: a 400 in Ollama's
+# shape that says what to do instead. (method, path, what lokal does not do, what to do)
+_ELSEWHERE = (
+    ("POST", "/pull", "pull models", "; download one on the server with `lokal pull <hub "
+     "repo>`, which writes its YAML there"),
+    ("POST", "/push", "push models", ""),
+    ("POST", "/create", "create models", "; add a YAML there instead"),
+    ("POST", "/copy", "copy models", "; give a model more names with `aliases` in its YAML"),
+    ("DELETE", "/delete", "delete models", "; remove one with `lokal rm`"),
+    ("POST", "/blobs/{digest}", "take model files", ""),
+    ("HEAD", "/blobs/{digest}", "take model files", ""),
+)
 
 
-@api.post("/push")
-async def ollama_push() -> None:
-    raise ollama_error(NOT_HERE.format(what="push models"))
+def _refusal(message: str) -> Callable[[], Awaitable[None]]:
+    async def refuse() -> None:
+        raise ollama_error(message)
+
+    return refuse
 
 
-@api.post("/create")
-async def ollama_create() -> None:
-    raise ollama_error(NOT_HERE.format(what="create models") + "; add a YAML there instead")
-
-
-@api.post("/copy")
-async def ollama_copy() -> None:
-    raise ollama_error(NOT_HERE.format(what="copy models") + "; give a model more names with "
-                       "`aliases` in its YAML")
-
-
-@api.delete("/delete")
-async def ollama_delete() -> None:
-    raise ollama_error(NOT_HERE.format(what="delete models") + "; remove one with `lokal rm`")
-
-
-@api.post("/blobs/{digest}")
-async def ollama_blob(digest: str) -> None:
-    raise ollama_error(NOT_HERE.format(what="take model files"))
-
-
-api.add_api_route("/blobs/{digest}", ollama_blob, methods=["HEAD"], include_in_schema=False)
+for method, path, what, instead in _ELSEWHERE:
+    api.add_api_route(path, _refusal(NOT_HERE.format(what=what) + instead), methods=[method],
+                      name=f"ollama_{path.strip('/').split('/')[0]}",
+                      include_in_schema=method != "HEAD")
 
 
 router.include_router(api)  # last: include_router copies the routes defined so far

@@ -16,6 +16,8 @@ from lokal.backends.base import (
     Prompt,
     SamplingParams,
     TextPrompt,
+    Tool,
+    ToolCall,
 )
 from lokal.backends.errors import ModelNotFound
 from lokal.backends.pool import ModelPool
@@ -176,9 +178,8 @@ def _messages(messages: list[Message], model: str) -> tuple[ChatMessage, ...]:
     for i, m in enumerate(messages):
         _no_images(m.images, model, f"messages[{i}]")
         if m.role == "assistant" and m.tool_calls:
-            calls = tuple({"id": f"call_{i}_{j}", "type": "function",
-                           "function": {"name": c.function.name,
-                                        "arguments": json.dumps(c.function.arguments)}}
+            calls = tuple(ToolCall(f"call_{i}_{j}", c.function.name,
+                                   json.dumps(c.function.arguments))
                           for j, c in enumerate(m.tool_calls))
             pending = [(f"call_{i}_{j}", c.function.name) for j, c in enumerate(m.tool_calls)]
             out.append(ChatMessage("assistant", m.content or None, tool_calls=calls))
@@ -198,7 +199,8 @@ def _messages(messages: list[Message], model: str) -> tuple[ChatMessage, ...]:
 def chat_request(body: ChatRequest, request_id: str, model: str, context_length: int,
                  limits: SchemaLimits) -> Translated:
     _refuse_common(body, model)
-    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters)
+             for t in body.tools or ()]
     plan = tool_plan(tools, None)
     constraint = format_constraint(body.format, limits)
     if plan.names and constraint is not None:

@@ -18,9 +18,10 @@ from lokal.backends.base import (
     TextPrompt,
     TokenLogprob,
     TokenPrompt,
+    Tool,
+    ToolCall,
     Usage,
 )
-from lokal.backends.tool_calls import Call
 from lokal.server.doors.openai.wire import (
     ChatCompletionMessageParam,
     ChatCompletionRequest,
@@ -73,7 +74,7 @@ def _content(message: ChatCompletionMessageParam, index: int) -> str | None:
     return "".join(texts)
 
 
-def tool_call_wire(call: Call) -> ToolCallWire:
+def tool_call_wire(call: ToolCall) -> ToolCallWire:
     return {"id": call.id, "type": "function",
             "function": {"name": call.name, "arguments": call.arguments}}
 
@@ -86,7 +87,9 @@ def _chat_plan(body: ChatCompletionRequest) -> ToolPlan:
         choice = ToolChoice(body.tool_choice)
     else:
         choice = ToolChoice("required", body.tool_choice.function.name)
-    return tool_plan([t.model_dump(exclude_none=True) for t in body.tools or []], choice,
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters,
+                  t.function.strict) for t in body.tools or ()]
+    return tool_plan(tools, choice,
                      parallel=body.parallel_tool_calls is not False)
 
 
@@ -114,7 +117,8 @@ def chat_request(body: ChatCompletionRequest, request_id: str,
                            "(a message with role 'tool' answers the tool call it names).",
                            param=f"messages[{i}].tool_call_id",
                            code="missing_required_parameter")
-        calls = tuple(c.model_dump() for c in m.tool_calls or ())
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+                      for c in m.tool_calls or ())
         messages.append(ChatMessage(role=m.role, content=_content(m, i), name=m.name,
                                     tool_calls=calls, tool_call_id=m.tool_call_id))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \

@@ -153,13 +153,18 @@ class ChunkChoice(TypedDict):
     finish_reason: FinishReasonWire
 
 
-class ChatCompletionChunk(TypedDict, total=False):
+class _Generated(TypedDict, total=False):
+    """What every generated response or chunk carries beside its object and choices."""
+
     id: str
-    object: Literal["chat.completion.chunk"]
     created: int
     model: str
-    choices: list[ChunkChoice]
     usage: CompletionUsage | None
+
+
+class ChatCompletionChunk(_Generated, total=False):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChunkChoice]
 
 
 PromptWire = str | list[str] | list[int] | list[list[int]]
@@ -180,10 +185,6 @@ class CompletionChoice(TypedDict):
     finish_reason: FinishReasonWire
 
 
-class Completion(TypedDict, total=False):
-    id: str
+class Completion(_Generated, total=False):
     object: Literal["text_completion"]
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: CompletionUsage | None

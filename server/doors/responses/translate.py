@@ -5,7 +5,7 @@ text.format -> a constraint, and the refusal of what lokal cannot honour."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from lokal.backends.base import (
@@ -13,6 +13,8 @@ from lokal.backends.base import (
     ChatPrompt,
     Constraint,
     GenerationRequest,
+    Tool,
+    ToolCall,
 )
 from lokal.server.doors.responses.wire import ContentPart, CreateResponse, InputItem
 from lokal.server.doors.translate import (
@@ -151,8 +153,7 @@ def chat_messages(items: Sequence[Item]) -> list[ChatMessage]:
             if item.get("status") == "incomplete":
                 continue  # cut by the token limit: never a call the model made
             names[item["call_id"]] = item["name"]
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            call = ToolCall(item["call_id"], item["name"], item["arguments"])
             last = messages[-1] if messages else None
             if last is not None and last.role == "assistant":
                 messages[-1] = ChatMessage("assistant", last.content,
@@ -166,7 +167,7 @@ def chat_messages(items: Sequence[Item]) -> list[ChatMessage]:
 
 
 def plan_tools(body: CreateResponse) -> ToolPlan:
-    tools: list[Mapping[str, Any]] = []
+    tools: list[Tool] = []
     for i, tool in enumerate(body.tools or ()):
         if tool.type != "function":
             raise unsupported(f"tools[{i}].type", f"lokal serves only function tools, not "
@@ -174,12 +175,7 @@ def plan_tools(body: CreateResponse) -> ToolPlan:
         if tool.name is None:
             raise APIError(400, f"Missing required parameter: 'tools[{i}].name'.",
                            param=f"tools[{i}].name", code="missing_required_parameter")
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        if tool.parameters is not None:
-            function["parameters"] = tool.parameters
-        tools.append({"type": "function", "function": function})
+        tools.append(Tool(tool.name, tool.description, tool.parameters, tool.strict))
     raw = body.tool_choice
     choice: ToolChoice | None
     if raw is None or (not tools and raw in ("auto", "none")):

@@ -3,12 +3,13 @@ tool plan and its constraint, the schema limits, and the one constraint a reques
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
 import pytest
 
-from lokal.backends.base import Constraint, SamplingParams
+from lokal.backends.base import Constraint, SamplingParams, Tool
 from lokal.backends.tool_calls import ToolCallParser
 from lokal.server.doors.translate import (
     DEFAULT_SAMPLING,
@@ -26,13 +27,11 @@ from lokal.server.doors.translate import (
 from lokal.server.errors import APIError
 from lokal.server.settings import SchemaLimits
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "parameters": {"type": "object", "properties": {
-        "zone": {"type": "string"}}, "required": ["zone"]}}}
+WEATHER = Tool("get_weather", "Weather in a city", {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+    "additionalProperties": False})
+TIME = Tool("get_time", parameters={"type": "object", "properties": {
+    "zone": {"type": "string"}}, "required": ["zone"]})
 LIMITS = SchemaLimits()
 # A protocol with defaults of its own (Ollama's shape: warmer sampling, a top-k cut).
 PROTOCOL = SamplingParams(temperature=0.8, top_p=0.9, top_k=40, repetition_penalty=1.1,
@@ -132,14 +131,14 @@ def test_duplicate_tool_names_are_refused() -> None:
 
 
 def test_parameters_that_are_not_an_object_schema_name_the_callers_field() -> None:
-    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    bad = Tool("f", parameters={"type": "array"})
     err = _refused(tool_plan, [WEATHER, bad], None, param="tools", schema_field="input_schema")
     assert (err.param, err.code) == ("tools[1].input_schema", "invalid_value")
     err = _refused(tool_plan, [bad], None)
     assert err.param == "tools[0].function.parameters"
     # no "type" at all, or no parameters, is an object schema
-    untyped = {"type": "function", "function": {"name": "g", "parameters": {"properties": {}}}}
-    bare = {"type": "function", "function": {"name": "h"}}
+    untyped = Tool("g", parameters={"properties": {}})
+    bare = Tool("h")
     assert tool_plan([untyped, bare], None).names == {"g", "h"}
 
 
@@ -201,7 +200,7 @@ def test_auto_is_a_lazy_best_effort_constraint_over_the_names(choice: ToolChoice
 
 
 def test_auto_with_a_strict_tool_is_enforced() -> None:
-    strict = {"type": "function", "function": {**TIME["function"], "strict": True}}
+    strict = replace(TIME, strict=True)
     c = tool_plan([WEATHER, strict], ToolChoice("auto")).constraint
     assert c is not None and c.lazy and not c.best_effort
 
@@ -225,7 +224,7 @@ def test_parsers_make_a_fresh_parser_per_call_in_the_models_format() -> None:
 
 
 def test_a_schema_within_the_limits_passes() -> None:
-    check_schema(WEATHER["function"]["parameters"], "response_format", LIMITS)
+    check_schema(WEATHER.parameters, "response_format", LIMITS)
     check_schema({"type": "array", "minItems": 10, "maxItems": 10}, "p",
                  SchemaLimits(max_items=10))
 
@@ -288,9 +287,9 @@ def test_limited_refuses_a_forced_or_strict_constraint_over_the_limits() -> None
     forced = tool_plan([WEATHER], ToolChoice("required")).constraint
     err = _refused(limited, forced, tiny)
     assert (err.param, err.code) == ("tools", "schema_too_large")
-    strict = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
+    strict = replace(WEATHER, strict=True)
     _refused(limited, tool_plan([strict], None).constraint, tiny)
-    fmt = Constraint(kind="json_schema", schema=WEATHER["function"]["parameters"])
+    fmt = Constraint(kind="json_schema", schema=WEATHER.parameters)
     assert _refused(limited, fmt, tiny).param == "response_format"
 
 

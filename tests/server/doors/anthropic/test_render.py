@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from lokal.backends.base import ChatPrompt, Usage
+from lokal.backends.base import ChatPrompt, ToolCall, Usage
 from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from lokal.backends.tool_calls import Call
 from lokal.server.doors.anthropic.render import MessagesRenderer
 from lokal.server.doors.anthropic.translate import translate
 from lokal.server.doors.anthropic.wire import CreateMessageRequest
@@ -21,7 +20,7 @@ from tests.openapi import validate
 from tests.server.scripted import render
 
 USAGE = Usage(11, 7)
-CALL = Call("call_abc", "get_weather", '{"city": "Oslo"}')
+CALL = ToolCall("call_abc", "get_weather", '{"city": "Oslo"}')
 EVENTS: list[OutputEvent] = [
     TextDelta(0, "Checking."), ToolCallStart(0, 0, "call_abc", "get_weather"),
     ToolCallDelta(0, 0, '{"city": '), ToolCallDelta(0, 0, '"Oslo"}'),
@@ -103,7 +102,7 @@ def test_blocks_become_chat_messages_with_tool_calls_and_results() -> None:
     prompt = translated.generation.prompt
     assert isinstance(prompt, ChatPrompt)
     assert [m.role for m in prompt.messages] == ["system", "user", "assistant", "tool", "user"]
-    assert prompt.messages[2].tool_calls[0]["function"]["arguments"] == '{"city": "Oslo"}'
+    assert prompt.messages[2].tool_calls[0].arguments == '{"city": "Oslo"}'
     assert prompt.messages[3].tool_call_id == "toolu_1"
     assert translated.generation.constraint is not None  # the forced call is enforced
     assert translated.plan.names and translated.plan.forced

@@ -8,16 +8,15 @@ import json
 
 from ollama import ChatResponse, GenerateResponse
 
-from lokal.backends.base import Usage
+from lokal.backends.base import ToolCall, Usage
 from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from lokal.backends.tool_calls import Call
 from lokal.server.doors.ollama.render import OllamaChatRenderer, OllamaGenerateRenderer, Timing
 from lokal.server.errors import APIError
 from tests.server.scripted import render
 
 TEXT: list[OutputEvent] = [TextDelta(0, "Hel"), TextDelta(0, "lo"),
                            Finish(0, "length", Usage(7, 2))]
-CALL = Call("call_1", "get_weather", '{"city": "Paris"}')
+CALL = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
 CALLS: list[OutputEvent] = [ToolCallStart(0, 0, "call_1", "get_weather"),
                             ToolCallDelta(0, 0, '{"city": '), ToolCallDelta(0, 0, '"Paris"}'),
                             Finish(0, "tool_calls", Usage(9, 6), (CALL,))]

@@ -96,9 +96,9 @@ def test_tool_round_trip_messages_get_call_ids() -> None:
     prompt = translated.generation.prompt
     assert isinstance(prompt, ChatPrompt) and len(prompt.tools) == 2
     calls = prompt.messages[1].tool_calls
-    assert [c["function"]["arguments"] for c in calls] == ['{"x": 1}', "{}"]
-    assert prompt.messages[2].tool_call_id == calls[1]["id"]
-    assert prompt.messages[3].tool_call_id == calls[0]["id"]
+    assert [c.arguments for c in calls] == ['{"x": 1}', "{}"]
+    assert prompt.messages[2].tool_call_id == calls[1].id
+    assert prompt.messages[3].tool_call_id == calls[0].id
     assert translated.plan.names and not translated.plan.forced
 
 

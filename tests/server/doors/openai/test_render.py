@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from lokal.backends.base import Usage
+from lokal.backends.base import ToolCall, Usage
 from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from lokal.backends.tool_calls import Call
 from lokal.server.doors.openai.render import ChatRenderer, CompletionRenderer, StreamMeta
 from lokal.server.errors import APIError
 from tests.openapi import validate
 from tests.server.scripted import render
 
 USAGE = Usage(7, 3, cached_tokens=2)
-CALL = Call("call_1", "get_weather", '{"city":"Oslo"}')
+CALL = ToolCall("call_1", "get_weather", '{"city":"Oslo"}')
 TOOL_EVENTS: list[OutputEvent] = [
     TextDelta(0, "Let me look."), ToolCallStart(0, 0, "call_1", "get_weather"),
     ToolCallDelta(0, 0, '{"city":'), ToolCallDelta(0, 0, '"Oslo"}'),

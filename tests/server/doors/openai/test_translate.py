@@ -15,9 +15,12 @@ from lokal.backends.base import (
     TextPrompt,
     TokenLogprob,
     TokenPrompt,
+    Tool,
+    ToolCall,
     TopLogprob,
     Usage,
 )
+from lokal.backends.chat_template import tool_to_dict
 from lokal.server.doors.openai.translate import (
     UsageTotal,
     chat_logprobs,
@@ -74,7 +77,8 @@ def test_messages_become_a_chat_prompt() -> None:
     assert isinstance(g.prompt, ChatPrompt) and g.prompt.tools == ()
     assert g.prompt.messages == (
         ChatMessage("system", "Be brief."), ChatMessage("user", "Weather?", name="ann"),
-        ChatMessage("assistant", None, tool_calls=(call,)),
+        ChatMessage("assistant", None,
+                    tool_calls=(ToolCall("c1", "get_weather", '{"city":"Oslo"}'),)),
         ChatMessage("tool", "sunny", tool_call_id="c1"))
 
 
@@ -171,7 +175,10 @@ def test_tools_become_the_plan_and_the_prompts_tools() -> None:
     t = _chat(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert t.plan.forced and t.plan.names == {"get_weather"}
     assert isinstance(t.generation.prompt, ChatPrompt)
-    assert t.generation.prompt.tools == (TOOL,)
+    assert t.generation.prompt.tools == (
+        Tool("get_weather", parameters=TOOL["function"]["parameters"]),)
+    # what the chat template sees is the request's tool as it came
+    assert [tool_to_dict(tool) for tool in t.generation.prompt.tools] == [TOOL]
     c = t.generation.constraint
     assert c is not None and c.kind == "tool_calls" and not c.lazy
     auto = _chat(tools=[TOOL], parallel_tool_calls=False).generation.constraint

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from lokal.backends.base import Usage
+from lokal.backends.base import ToolCall, Usage
 from lokal.backends.events import Finish, OutputEvent, TextDelta, ToolCallDelta, ToolCallStart
-from lokal.backends.tool_calls import Call
 from lokal.server.doors.responses.render import ResponseMeta, ResponsesRenderer
 from lokal.server.errors import APIError
 from lokal.server.streaming import Frame
@@ -17,7 +16,7 @@ from tests.openapi import validate
 from tests.server.scripted import render
 
 USAGE = Usage(7, 3, cached_tokens=2)
-CALL = Call("call_1", "get_weather", '{"city":"Oslo"}')
+CALL = ToolCall("call_1", "get_weather", '{"city":"Oslo"}')
 TEXT: list[OutputEvent] = [TextDelta(0, "Hel"), TextDelta(0, ""), TextDelta(0, "lo"),
                            Finish(0, "stop", USAGE)]
 TOOL_EVENTS: list[OutputEvent] = [

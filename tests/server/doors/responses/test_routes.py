@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from lokal.backends.base import ChatPrompt, Chunk, Usage
+from lokal.backends.base import ChatPrompt, Chunk, ToolCall, Usage
 from lokal.backends.errors import EngineFailure
 from lokal.server.settings import ServerSettings
 from tests.openapi import validate
@@ -57,10 +57,10 @@ def test_items_become_chat_messages(client: TestClient, backend: ScriptedBackend
     assert isinstance(prompt, ChatPrompt)
     assert _messages(backend) == [("system", "Be brief."), ("user", "Weather in Oslo?"),
                                   ("assistant", "Looking."), ("tool", "sunny")]
-    assert prompt.messages[2].tool_calls == ({"id": "c1", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"city":"Oslo"}'}},)
+    assert prompt.messages[2].tool_calls == (
+        ToolCall("c1", "get_weather", '{"city":"Oslo"}'),)
     assert prompt.messages[3].tool_call_id == "c1" and prompt.messages[3].name == "get_weather"
-    assert prompt.tools[0]["function"]["name"] == "get_weather"
+    assert prompt.tools[0].name == "get_weather"
     # auto: the model may answer in text; only a call it begins is held to the tool's schema
     constraint = backend.requests[-1].constraint
     assert constraint is not None and constraint.lazy and constraint.best_effort
