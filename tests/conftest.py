@@ -158,14 +158,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, backend_name: str) -> Itera
     stop_server(srv)
 
 
+# How long the shared clients wait for an answer. It bounds a hang, not speed: two shared CPUs
+# with a second suite beside this one made 200 greedy tokens take 83 s (about 10x a quiet run).
+CLIENT_TIMEOUT = 300
+
+
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0,
+                         timeout=CLIENT_TIMEOUT)
 
 
 @pytest.fixture()
 def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=120) as c:
+    with httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT) as c:
         yield c
 
 

@@ -72,11 +72,13 @@ def test_dropped_clients_free_every_slot(server: Server, client: openai.OpenAI) 
 
     asyncio.run(main())
     # n=8 needs all 8 slots at once: it can only run if every dropped stream released its slot.
+    # The waits have room for a busy machine; the log count, not a clock, is what fails a
+    # server that kept a dropped stream going.
     out = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, n=8,
-        timeout=60)
+        timeout=180)
     assert len(out.choices) == 8
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while server.log_text().count("cancelled after") - before < 16:
         assert time.monotonic() < deadline, "not every dropped stream was cancelled"
         time.sleep(0.1)

@@ -15,7 +15,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import MODEL, Server
+from tests.conftest import CLIENT_TIMEOUT, MODEL, Server
 from tests.openapi import validate
 
 # The module's client fixture wraps the shared server: run on every engine.
@@ -32,7 +32,7 @@ GREEDY = {"temperature": 0}
 @pytest.fixture(scope="module")
 def claude(server: Server) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0,
-                               timeout=120)
+                               timeout=CLIENT_TIMEOUT)
 
 
 def _raw(server: Server, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -202,11 +202,13 @@ def test_a_dropped_stream_frees_the_slot(server: Server) -> None:
     before = server.log_text().count("cancelled after")
     body = {"model": MODEL, "max_tokens": 1500, "temperature": 0, "stream": True,
             "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
-    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=60) as r:
+    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=120) as r:
         for line in r.iter_lines():
             if line.startswith("data: ") and "text_delta" in line:
                 break  # leave after the first token: the connection closes
-    deadline = time.monotonic() + 30
+    # A wait on the log line, with room for a busy machine (the stream is never read again,
+    # so nothing here needs its 1500 tokens generated).
+    deadline = time.monotonic() + 120
     while server.log_text().count("cancelled after") == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.log_text().count("cancelled after") > before

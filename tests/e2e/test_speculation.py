@@ -157,7 +157,7 @@ def test_cancelled_copy_stops_and_leaves_the_slot_clean(servers: tuple[Server, S
             lines += line.startswith("data: ")
             if lines == 3:
                 break
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # room for a busy machine; the counter is the check
     while _metric(on, "lokal_requests_cancelled_total") == cancelled \
             or _metric(on, "lokal_requests_running") > 0:
         assert time.monotonic() < deadline, "the dropped stream was not cancelled"

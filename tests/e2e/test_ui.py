@@ -118,7 +118,7 @@ def test_chat_streams_and_stop_frees_the_slot(server: Server, page: Page) -> Non
     page.click("#stop")
     expect(page.locator("#send")).to_be_visible()
     expect(page.locator(".message.assistant .usage").last).to_contain_text("stopped")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the cancel, with room for a busy machine
     while running(server) != 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert running(server) == 0

@@ -79,8 +79,13 @@ def _client(mode: str) -> tuple[TestClient, FaultyBackend]:
 BODY = {"model": "faulty", "messages": [{"role": "user", "content": "x"}]}
 
 
+# The fake loads at once; the deadline only catches a hang, with room for a busy machine.
+READY_WAIT = 30.0
+
+
 def _wait_ready(client: TestClient) -> None:
-    for _ in range(100):
+    deadline = time.monotonic() + READY_WAIT
+    while time.monotonic() < deadline:
         if client.get("/health/ready").status_code == 200:
             return
         time.sleep(0.01)
@@ -88,7 +93,8 @@ def _wait_ready(client: TestClient) -> None:
 
 
 def _wait_loaded(client: TestClient) -> None:
-    for _ in range(100):
+    deadline = time.monotonic() + READY_WAIT
+    while time.monotonic() < deadline:
         if "lokal_ready 1.0" in client.get("/metrics").text:
             return
         time.sleep(0.01)
