@@ -96,7 +96,7 @@ def to_api_error(exc: BaseException, request_id: str) -> APIError:
     if isinstance(exc, EngineDown):
         return APIError(503, f"{exc.message}; the server must be restarted", type="server_error",
                         code="engine_down")
-    if isinstance(exc, DeadlineExceeded):  # what limits.with_deadline answers, word for word
+    if isinstance(exc, DeadlineExceeded):  # the engine ended the request at its deadline
         return APIError(504, f"The request took longer than this server's limit of "
                         f"{exc.seconds:g} seconds (LOKAL_REQUEST_TIMEOUT).", type="server_error",
                         code="timeout")

@@ -1,18 +1,16 @@
-"""Per-request limits: the request body size (413) and the time a generation may take (504)."""
+"""Per-request limits: the body size (413), how long a body may stall (408), the headers (431)
+and lone surrogate escapes in JSON bodies (400)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lokal.backends.base import Chunk
 from lokal.server.errors import APIError, send_error
 
 
@@ -88,60 +86,6 @@ class BodyLimitMiddleware:
             pass
         if refused is not None and not started:
             await send_error(refused, scope, receive, send)
-
-
-def request_timeout(seconds: float) -> APIError:
-    return APIError(504, f"The request took longer than this server's limit of {seconds:g} "
-                    "seconds (LOKAL_REQUEST_TIMEOUT).", type="server_error", code="timeout")
-
-
-async def with_deadline(
-    chunks: AsyncGenerator[Chunk, None], started: float, seconds: float
-) -> AsyncGenerator[Chunk, None]:
-    """The engine's stream, ended with a 504 APIError once `seconds` have passed since
-    `started` (time.perf_counter). Before the first chunk that is a plain 504; after it, the
-    SSE layer turns it into one error event and [DONE]. Closing the engine's stream on the way
-    out stops its work.
-
-    One timer per stream, not an asyncio.timeout per chunk (that was ~10% of the event loop's
-    CPU per streamed token). The timer cancels the task only while it waits for the engine; if
-    it fires while the consumer holds a chunk, the next wait does not start. The task driving
-    this generator can change (the route waits for the first chunk, the SSE task for the
-    rest), so it is looked up at each wait."""
-    loop = asyncio.get_running_loop()
-    waiting: asyncio.Task[Any] | None = None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        if waiting is not None:
-            waiting.cancel()
-
-    timer = loop.call_later(max(started + seconds - time.perf_counter(), 0), expire)
-    try:
-        while True:
-            if expired:
-                raise request_timeout(seconds)
-            task = asyncio.current_task()
-            assert task is not None
-            cancelling = task.cancelling()
-            waiting = task
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except asyncio.CancelledError:
-                # Ours only if the timer fired and no other cancellation is pending.
-                if expired and task.uncancel() <= cancelling:
-                    raise request_timeout(seconds) from None
-                raise
-            finally:
-                waiting = None
-            yield chunk
-    finally:
-        timer.cancel()
-        await chunks.aclose()
 
 
 def lone_surrogate(value: Any, where: str = "") -> str | None:

@@ -17,7 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lokal.backends.base import Chunk, GenerationRequest, ModelInfo, TextPrompt, Usage
-from lokal.backends.errors import ContextLengthExceeded, EngineFailure, InvalidParameter
+from lokal.backends.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    EngineFailure,
+    InvalidParameter,
+)
 from lokal.backends.pool import ModelPool
 from lokal.backends.tool_formats import ModelFormat
 from lokal.server.settings import ServerSettings
@@ -396,3 +401,27 @@ def test_the_request_timeout_becomes_the_jobs_deadline(timeout: float) -> None:
         return
     assert deadline is not None and deadline.seconds == timeout
     assert before + timeout - 1 <= deadline.at <= after + timeout  # from the request's arrival
+
+
+TIMEOUT_MESSAGE = ("The request took longer than this server's limit of 7 seconds "
+                   "(LOKAL_REQUEST_TIMEOUT).")
+
+
+def test_an_engine_deadline_before_the_first_chunk_is_a_plain_504() -> None:
+    backend = ScriptedBackend([DeadlineExceeded(7.0)])
+    with _client(backend) as client:
+        r = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert r.status_code == 504 and "data:" not in r.text
+        assert r.json()["error"] == {"message": TIMEOUT_MESSAGE, "type": "server_error",
+                                     "param": None, "code": "timeout"}
+        assert _running(client) == 0
+
+
+def test_an_engine_deadline_mid_stream_is_one_timeout_event() -> None:
+    backend = ScriptedBackend([Chunk(0, "par"), DeadlineExceeded(7.0)])
+    with _client(backend) as client:
+        events = _events(client.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+        assert events[-1] == "[DONE]"
+        assert events[-2]["error"]["code"] == "timeout"
+        assert events[-2]["error"]["message"] == TIMEOUT_MESSAGE
+        assert _running(client) == 0
