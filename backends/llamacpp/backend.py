@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from lokal.backends.base import (
@@ -157,15 +157,11 @@ class LlamaCppBackend:
         """Answers the requests in flight with an error, joins the engine thread, then frees
         the llama.cpp context and model; never frees them under a thread still running."""
         if self._scheduler is not None:
-            if not await asyncio.to_thread(self._scheduler.stop):
-                logger.error("model %s: the engine thread did not stop; its memory is kept",
-                             self._spec.id)
+            if not await _thread_stopped(self._scheduler.stop, self._spec.id, "engine"):
                 return
             self._scheduler = None
         if self._embedder is not None:
-            if not await asyncio.to_thread(self._embedder.close):
-                logger.error("model %s: the embeddings thread did not stop; its memory is kept",
-                             self._spec.id)
+            if not await _thread_stopped(self._embedder.close, self._spec.id, "embeddings"):
                 return
             self._embedder = None
         if self._mailbox is not None:
@@ -274,3 +270,12 @@ class LlamaCppBackend:
             return NotReady(f"model {self._spec.id} was stopped while this request ran (the "
                             "server is shutting down or unloading it)")
         return EngineFailure(error)
+
+
+async def _thread_stopped(stop: Callable[[], bool], model: str, what: str) -> bool:
+    """Runs a worker thread's blocking stop off the event loop; False, logged, when the thread
+    did not stop (then the memory it may still touch is kept)."""
+    if await asyncio.to_thread(stop):
+        return True
+    logger.error("model %s: the %s thread did not stop; its memory is kept", model, what)
+    return False

@@ -16,6 +16,7 @@ import llama_cpp
 
 from lokal.backends.base import EmbeddingRequest, EmbeddingResult, TextPrompt, TokenPrompt
 from lokal.backends.errors import Busy, EngineFailure, InputTooLong, InvalidParameter
+from lokal.backends.llamacpp.step import put_row
 from lokal.backends.spec import EmbeddingOptions
 
 logger = logging.getLogger(__name__)
@@ -191,11 +192,7 @@ class Embedder:
         n = 0
         for seq_id, job in enumerate(jobs):
             for pos, token in enumerate(job.tokens):
-                batch.token[n] = token
-                batch.pos[n] = pos
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq_id
-                batch.logits[n] = True
+                put_row(batch, n, token, pos, seq_id, True)
                 n += 1
         batch.n_tokens = n
         logger.debug("embedding step: %d inputs, %d tokens, requests %s", len(jobs), n,

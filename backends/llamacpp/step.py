@@ -17,6 +17,16 @@ from lokal.backends.llamacpp.output import TokenOutput
 from lokal.backends.spec import Speculation
 
 
+def put_row(batch: Any, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    """Row `n` of a llama_batch: `token` at `pos` of sequence `seq_id`, with its logits kept
+    or not."""
+    batch.token[n] = token
+    batch.pos[n] = pos
+    batch.n_seq_id[n] = 1
+    batch.seq_id[n][0] = seq_id
+    batch.logits[n] = logits
+
+
 class Stepper(TokenOutput):
     """The Scheduler's third layer (see SlotKeeper): builds and runs each step."""
 
@@ -41,11 +51,7 @@ class Stepper(TokenOutput):
 
         def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
             nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq_id
-            batch.logits[n] = logits
+            put_row(batch, n, token, pos, seq_id, logits)
             n += 1
 
         # Prompt tokens go to newcomers in arrival order, up to the step's budget.

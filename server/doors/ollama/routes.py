@@ -39,7 +39,7 @@ from lokal.server.doors.ollama.wire import (
     OllamaOptions,
     ShowRequest,
 )
-from lokal.server.doors.translate import MAX_EMBEDDING_INPUTS
+from lokal.server.doors.translate import MAX_EMBEDDING_INPUTS, Translated
 from lokal.server.generation import serve_generation
 from lokal.server.limits import reject_lone_surrogates
 from lokal.server.version import lokal_version
@@ -84,40 +84,40 @@ def _keep_alive(pool: ModelPool, model: str, value: KeepAlive | None) -> float |
     return seconds
 
 
+async def _answer(request: Request, pool: ModelPool, body: ChatRequest | GenerateRequest,
+                  translate: Callable[[int], Translated], empty: dict[str, Any] | None,
+                  renderer: type[OllamaChatRenderer | OllamaGenerateRenderer]) -> Response:
+    """Ollama's chat and generate: the request as the engine's (`translate` gets the model's
+    context length), its keep_alive, then either the load or unload an empty request asks
+    for (`empty`: the piece its answer carries) or the generation. The renderer learns from
+    serve_generation() how long the model took to come (Ollama's load_duration)."""
+    timing = _timing(request)
+    model = model_id(pool, body.model)
+    translated = translate(pool.find(model).info.context_length)
+    seconds = _keep_alive(pool, model, body.keep_alive)
+    if empty is not None:
+        return JSONResponse(await _load_or_unload(pool, model, seconds, empty, body.model))
+    return await serve_generation(request, pool, model, [translated.generation],
+                                  renderer(body.model, timing), stream=body.stream,
+                                  tools=translated.plan)
+
+
 @api.post("/chat", response_model=None)
 async def ollama_chat(body: ChatRequest, request: Request, pool: PoolDep,
                       request_id: RequestIdDep, settings: SettingsDep) -> Response:
-    timing = _timing(request)
-    model = model_id(pool, body.model)
-    context = pool.find(model).info.context_length
-    translated = chat_request(body, request_id, body.model, context, settings.schema_limits())
-    seconds = _keep_alive(pool, model, body.keep_alive)
-    if not body.messages:
-        return JSONResponse(await _load_or_unload(
-            pool, model, seconds, {"message": {"role": "assistant", "content": ""}},
-            body.model))
-    # the renderer learns from serve_generation() how long the model took to come
-    # (Ollama's load_duration)
-    return await serve_generation(request, pool, model, [translated.generation],
-                                  OllamaChatRenderer(body.model, timing), stream=body.stream,
-                                  tools=translated.plan)
+    limits = settings.schema_limits()
+    empty = None if body.messages else {"message": {"role": "assistant", "content": ""}}
+    return await _answer(request, pool, body, lambda context: chat_request(
+        body, request_id, body.model, context, limits), empty, OllamaChatRenderer)
 
 
 @api.post("/generate", response_model=None)
 async def ollama_generate(body: GenerateRequest, request: Request, pool: PoolDep,
                           request_id: RequestIdDep, settings: SettingsDep) -> Response:
-    timing = _timing(request)
-    model = model_id(pool, body.model)
-    context = pool.find(model).info.context_length
-    translated = generate_request(body, request_id, body.model, context,
-                                  settings.schema_limits())
-    seconds = _keep_alive(pool, model, body.keep_alive)
-    if not body.prompt and body.suffix is None:
-        return JSONResponse(await _load_or_unload(pool, model, seconds, {"response": ""},
-                                                  body.model))
-    return await serve_generation(request, pool, model, [translated.generation],
-                                  OllamaGenerateRenderer(body.model, timing),
-                                  stream=body.stream, tools=translated.plan)
+    limits = settings.schema_limits()
+    empty = {"response": ""} if not body.prompt and body.suffix is None else None
+    return await _answer(request, pool, body, lambda context: generate_request(
+        body, request_id, body.model, context, limits), empty, OllamaGenerateRenderer)
 
 
 async def _embed(request: Request, pool: ModelPool, model: str, request_id: str,

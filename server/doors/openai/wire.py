@@ -124,11 +124,14 @@ class ChatCompletionMessage(TypedDict, total=False):
     tool_calls: list[ToolCallWire]
 
 
-class Choice(TypedDict):
+class _Choice(TypedDict):
     index: int
-    message: ChatCompletionMessage
     logprobs: dict[str, Any] | None
     finish_reason: FinishReasonWire
+
+
+class Choice(_Choice):
+    message: ChatCompletionMessage
 
 
 class ChatCompletion(TypedDict):
@@ -146,11 +149,8 @@ class ChoiceDelta(TypedDict, total=False):
     tool_calls: list[dict[str, Any]]
 
 
-class ChunkChoice(TypedDict):
-    index: int
+class ChunkChoice(_Choice):
     delta: ChoiceDelta
-    logprobs: dict[str, Any] | None
-    finish_reason: FinishReasonWire
 
 
 class _Generated(TypedDict, total=False):
@@ -178,11 +178,8 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(default=None, ge=1)
 
 
-class CompletionChoice(TypedDict):
-    index: int
+class CompletionChoice(_Choice):
     text: str
-    logprobs: dict[str, Any] | None
-    finish_reason: FinishReasonWire
 
 
 class Completion(_Generated, total=False):
