@@ -165,3 +165,17 @@ def test_root_and_version_answer_probes(client: TestClient) -> None:
     assert r.text == "Ollama is running" and r.headers["content-type"].startswith("text/plain")
     assert client.head("/").status_code == 200
     assert client.get("/api/version").json()["version"]
+
+
+@pytest.mark.parametrize(("method", "path", "words"), [
+    ("POST", "/api/pull", "lokal pull"), ("POST", "/api/push", "push models"),
+    ("POST", "/api/create", "add a YAML"), ("POST", "/api/copy", "aliases"),
+    ("DELETE", "/api/delete", "lokal rm"), ("POST", "/api/blobs/sha256:00", "model files"),
+])
+def test_what_ollama_manages_itself_is_a_400_saying_what_to_do(
+        client: TestClient, method: str, path: str, words: str) -> None:
+    r = client.request(method, path, json={"model": "x"})
+    assert r.status_code == 400 and r.json() == {"error": r.json()["error"]}
+    assert "models directory" in r.json()["error"] and words in r.json()["error"]
+    if path.startswith("/api/blobs"):  # clients probe blobs with HEAD first
+        assert client.head(path).status_code == 400
