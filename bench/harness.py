@@ -3,6 +3,7 @@ the facts about the machine and the code that a result must be recorded with."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import itertools
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ OUT_DIR = BENCH_DIR / "out"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 # the folders that install as lokal.<folder>
 PACKAGE_FOLDERS = ("server", "client", "backends")
+DONE = "[DONE]"  # the data of an OpenAI-style stream's last event
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -191,6 +193,16 @@ def wait_until_quiet(max_cores: float, max_wait_s: float, window_s: float = 3.0)
             return load
 
 
+def add_quiet_options(parser: argparse.ArgumentParser, when: str, wait_s: float) -> None:
+    """--quiet-cores and --quiet-wait, wait_until_quiet's bounds; `when` says when it waits."""
+    parser.add_argument("--quiet-cores", type=float, default=0.3,
+                        help=f"{when} wait until other processes use fewer cores than this "
+                             "(default 0.3) ...")
+    parser.add_argument("--quiet-wait", type=float, default=wait_s,
+                        help=f"... but at most this many seconds (default {wait_s:g}; "
+                             "0 = never wait)")
+
+
 # --- server processes ------------------------------------------------------------------------
 
 def stop_on_sigterm() -> None:
@@ -339,6 +351,16 @@ def _cached_tokens(event: Mapping[str, Any]) -> int | None:
     return int(timings["cache_n"]) if isinstance(timings.get("cache_n"), int) else None
 
 
+async def sse_events(response: httpx.Response) -> AsyncIterator[Any]:
+    """The data of an OpenAI-style SSE stream, event by event: the parsed JSON, or DONE for
+    the closing "data: [DONE]"."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        yield DONE if data == DONE else json.loads(data)
+
+
 async def stream_chat(client: httpx.AsyncClient, base_url: str,
                       payload: Mapping[str, Any]) -> StreamResult:
     """POST a streaming chat completion and time every chunk that carries content."""
@@ -350,13 +372,9 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str,
                 body = (await response.aread()).decode(errors="replace")
                 result.error = f"HTTP {response.status_code}: {body[:200]}"
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            async for event in sse_events(response):
+                if event == DONE:
                     break
-                event = json.loads(data)
                 now = time.perf_counter()
                 if "error" in event:
                     result.error = json.dumps(event["error"])[:200]

@@ -9,15 +9,10 @@ Run: .venv/bin/python bench/metrics_bench.py [--scrapes 300]
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from harness import (
     OUT_DIR,
     REPO,

@@ -27,9 +27,6 @@ from typing import Any
 
 import httpx
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from anchors import (
     llama_cpp_commit,
     llama_cpp_python_version,
@@ -37,6 +34,7 @@ from anchors import (
     llama_server_version,
 )
 from harness import (
+    DONE,
     OUT_DIR,
     REPO,
     VENV_PYTHON,
@@ -45,6 +43,7 @@ from harness import (
     git,
     machine_facts,
     ratio,
+    sse_events,
 )
 
 from lokal.backends.spec import DEFAULT_CONFIG, ModelSpec
@@ -83,14 +82,10 @@ async def complete(client: httpx.AsyncClient, base_url: str, model: str,
             if response.status_code != 200:
                 out.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return out
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+            async for event in sse_events(response):
+                if event == DONE:
                     done = True
                     break
-                event = json.loads(data)
                 if "error" in event:
                     out.error = json.dumps(event["error"])[:200]
                     break

@@ -51,6 +51,7 @@ from harness import (
     CpuMeter,
     ServerProcess,
     StreamResult,
+    add_quiet_options,
     async_client,
     derived_config,
     export_lokal,
@@ -530,11 +531,7 @@ def parse_args() -> argparse.Namespace:
                         help="per-request timeout in seconds (default 300)")
     parser.add_argument("--level-timeout", type=float, default=300.0,
                         help="cut a concurrency level off after this many seconds (default 300)")
-    parser.add_argument("--quiet-cores", type=float, default=0.3,
-                        help="before each server and level, wait until other processes use "
-                             "fewer cores than this (default 0.3) ...")
-    parser.add_argument("--quiet-wait", type=float, default=120.0,
-                        help="... but at most this many seconds (default 120; 0 = never wait)")
+    add_quiet_options(parser, "before each server and level,", wait_s=120.0)
     parser.add_argument("--max-foreign", type=float, default=0.25,
                         help="repeat a level or prefix rep during which other processes used "
                              "more cores than this (default 0.25) ...")

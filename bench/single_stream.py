@@ -27,6 +27,7 @@ from harness import (
     OUT_DIR,
     REPO,
     CpuMeter,
+    add_quiet_options,
     async_client,
     derived_config,
     export_lokal,
@@ -186,10 +187,7 @@ def main() -> int:
     parser.add_argument("--lokal-ref", default=None,
                         help="measure this git commit of lokal (exported to bench/.cache) "
                              "instead of the work tree")
-    parser.add_argument("--quiet-cores", type=float, default=0.3,
-                        help="first wait until other processes use fewer cores than this ...")
-    parser.add_argument("--quiet-wait", type=float, default=30.0,
-                        help="... but at most this many seconds (default 30; 0 = never wait)")
+    add_quiet_options(parser, "first", wait_s=30.0)
     args = parser.parse_args()
     stop_on_sigterm()
     if not 1 <= args.reps <= 100 or not 1 <= args.max_tokens <= 4096:

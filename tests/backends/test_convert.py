@@ -29,6 +29,18 @@ def model_yaml(directory: Path, gguf_line: str) -> Path:
     return path
 
 
+def convert_over_an_output_with(tmp_path: Path, present: str) -> Path:
+    """Runs main() (successfully) on tmp_path/tiny.gguf into an output folder that already holds
+    the file `present`; returns that folder."""
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
+    config = model_yaml(tmp_path, "gguf: {path: tiny.gguf}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / present).write_text("{}", encoding="utf-8")
+    assert main(["--config", str(config), "--out", str(out)]) == 0
+    return out
+
+
 def test_the_gguf_path_is_read_relative_to_the_yaml(
         tmp_path: Path, conversions: list[tuple[Path, Path]],
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,24 +58,14 @@ def test_the_gguf_path_is_read_relative_to_the_yaml(
 def test_a_finished_output_is_left_alone(
         tmp_path: Path, conversions: list[tuple[Path, Path]],
         capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
-    config = model_yaml(tmp_path, "gguf: {path: tiny.gguf}")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "config.json").write_text("{}", encoding="utf-8")
-    assert main(["--config", str(config), "--out", str(out)]) == 0
+    convert_over_an_output_with(tmp_path, "config.json")
     assert conversions == []
     assert "already exists; nothing to do" in capsys.readouterr().out
 
 
 def test_an_output_without_config_json_is_converted_again(
         tmp_path: Path, conversions: list[tuple[Path, Path]]) -> None:
-    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
-    config = model_yaml(tmp_path, "gguf: {path: tiny.gguf}")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "tokenizer.json").write_text("{}", encoding="utf-8")
-    assert main(["--config", str(config), "--out", str(out)]) == 0
+    out = convert_over_an_output_with(tmp_path, "tokenizer.json")
     assert conversions == [(tmp_path / "tiny.gguf", out)]
 
 

@@ -9,7 +9,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +24,7 @@ from lokal.backends.spec import ModelSpec
 from tests.tiny_gguf import write_tiny_gguf
 
 MB = 2**20
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,26 @@ def pool_of(specs: list[ModelSpec], engines: Engines, budget: int = 100 * MB,
     return pool
 
 
-def run(make: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(make(), 60))
+def run(make: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(asyncio.wait_for(make(), 60))
+
+
+async def b_refused_while_a_is_held(gguf: Path, waiters: int = 0, **kw: Any) -> NotReady:
+    """In a 60 MiB pool of "a" and "b" (40 MiB each) with `kw`: holds "a", queues `waiters`
+    requests for "b", and returns the NotReady one more request for "b" raises; then releases
+    "a" and the leases the queued requests get, and stops the pool."""
+    pool = pool_of([spec(gguf, "a"), spec(gguf, "b")], Engines(), budget=60 * MB, **kw)
+    held = await pool.acquire("a")
+    waiting = [asyncio.ensure_future(pool.acquire("b")) for _ in range(waiters)]
+    if waiting:
+        await asyncio.sleep(0.1)
+    with pytest.raises(NotReady) as caught:
+        await pool.acquire("b")
+    held.release()
+    for lease in await asyncio.gather(*waiting):
+        lease.release()
+    await pool.stop()
+    return caught.value
 
 
 def test_eight_concurrent_first_requests_load_once(gguf: Path) -> None:
@@ -103,19 +122,10 @@ def test_a_request_for_a_model_that_does_not_fit_waits_for_the_busy_one(gguf: Pa
 
 
 def test_waiting_for_room_times_out_naming_the_holders(gguf: Path) -> None:
-    async def go() -> None:
-        pool = pool_of([spec(gguf, "a"), spec(gguf, "b")], Engines(), budget=60 * MB,
-                       load_timeout=0.3)
-        held = await pool.acquire("a")
-        with pytest.raises(NotReady) as caught:
-            await pool.acquire("b")
-        assert caught.value.code == "insufficient_memory"
-        assert "a (40.0 MiB, in use)" in caught.value.message
-        assert "60.0 MiB" in caught.value.message
-        held.release()
-        await pool.stop()
-
-    run(go)
+    refused = run(lambda: b_refused_while_a_is_held(gguf, load_timeout=0.3))
+    assert refused.code == "insufficient_memory"
+    assert "a (40.0 MiB, in use)" in refused.message
+    assert "60.0 MiB" in refused.message
 
 
 def test_a_model_larger_than_the_budget_is_refused_naming_both_sizes(gguf: Path) -> None:
@@ -131,21 +141,8 @@ def test_a_model_larger_than_the_budget_is_refused_naming_both_sizes(gguf: Path)
 
 
 def test_a_full_wait_queue_is_refused(gguf: Path) -> None:
-    async def go() -> None:
-        pool = pool_of([spec(gguf, "a"), spec(gguf, "b")], Engines(), budget=60 * MB,
-                       max_waiting=2)
-        held = await pool.acquire("a")
-        waiting = [asyncio.ensure_future(pool.acquire("b")) for _ in range(2)]
-        await asyncio.sleep(0.1)
-        with pytest.raises(NotReady) as caught:
-            await pool.acquire("b")
-        assert caught.value.code == "model_queue_full"
-        held.release()
-        for lease in await asyncio.gather(*waiting):
-            lease.release()
-        await pool.stop()
-
-    run(go)
+    refused = run(lambda: b_refused_while_a_is_held(gguf, waiters=2, max_waiting=2))
+    assert refused.code == "model_queue_full"
 
 
 def test_unload_waits_for_running_requests_then_unloads(gguf: Path) -> None:

@@ -5,6 +5,7 @@ on fake engines that load in no time, slowly (a gate), fail, or finish stopping 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from lokal.backends.errors import ModelLoadFailed, NotReady
 from lokal.backends.footprint import Footprint
 from lokal.backends.hardware import Hardware
 from lokal.backends.pool import ModelPool
-from lokal.backends.pool_entry import MOVES, Entry, IllegalMove, Phase, Status
+from lokal.backends.pool_entry import MOVES, Entry, IllegalMove, Lease, ModelState, Phase, Status
 from lokal.backends.spec import ModelSpec
 
 MB = 2**20
@@ -101,28 +102,43 @@ def path(moves: list[tuple[str, Phase, Phase]], model: str) -> list[tuple[Phase,
 
 
 def pool_of(names: list[str], budget: int = 100 * MB, ttl: dict[str, float] | None = None,
-            engines: dict[str, Fake] | None = None, **kw: Any) -> ModelPool:
-    """Models of 40 MiB each; `engines` gives a model its engine (else a plain Fake)."""
+            engines: dict[str, Fake] | None = None,
+            fakes: dict[str, dict[str, Any]] | None = None, **kw: Any) -> ModelPool:
+    """Models of 40 MiB each, on Fakes made as they load (kept in `engines`): with the options
+    `fakes` gives a model (Fake's gate, broken, stubborn), else plain ones."""
     made = {} if engines is None else engines
+    options = fakes or {}
     estimator = kw.pop("estimator", lambda s: Footprint("cpu", weights=40 * MB))
     specs = [ModelSpec.model_validate({"id": n, "gguf": {"path": "/x.gguf"},
                                        **({"ttl": ttl[n]} if ttl and n in ttl else {})})
              for n in names]
     pool = ModelPool(specs, Hardware((), "test"), budgets={"cpu": budget},
-                     factory=lambda s: made.setdefault(s.id, Fake(s)),
+                     factory=lambda s: made.setdefault(s.id, Fake(s, **options.get(s.id, {}))),
                      estimator=estimator,
                      measure=False, preload_default=False, **kw)
     pool.prepare()
     return pool
 
 
-def run(make: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(make(), 20))
+def in_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Runs an async test (with its fixtures) in a fresh event loop, failing it after 20 s."""
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 20))
+    return run
 
 
 async def until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def draining_under_a_lease(pool: ModelPool) -> tuple[Lease, asyncio.Future[ModelState]]:
+    """Leases "a" and asks for its unload; returns the lease and the unload once "a" drains."""
+    held = await pool.acquire("a")
+    unloading = asyncio.ensure_future(pool.unload("a"))
+    await until(lambda: pool._catalog.entries["a"].phase is D)
+    return held, unloading
 
 
 def test_every_phase_shows_a_status_and_draining_is_loaded_expiring_unloading() -> None:
@@ -160,172 +176,146 @@ def test_the_scenarios_below_make_every_move_in_the_table() -> None:
     assert made == {(src, dst) for src, targets in MOVES.items() for dst in targets}
 
 
-def test_an_unload_drains_running_requests_while_new_ones_wait(moves: list[Any]) -> None:
-    async def go() -> None:
-        pool = pool_of(["a"])
-        held = await pool.acquire("a")
-        unloading = asyncio.ensure_future(pool.unload("a"))
-        await until(lambda: pool._catalog.entries["a"].phase is D)
-        assert pool.find("a").status is Status.LOADED  # as /v1/models shows it
-        assert [m.id for m in pool.models()] == ["a"] and list(pool.stats()) == ["a"]
-        newcomer = asyncio.ensure_future(pool.acquire("a"))
-        await asyncio.sleep(0.05)
-        assert not newcomer.done() and not unloading.done()
-        held.release()
-        assert (await unloading).status is Status.UNLOADED
-        (await newcomer).release()  # it waited for the unload, then loaded the model again
-        assert path(moves, "a") == [*SERVE_AND_UNLOAD, (U, LG), (LG, L)]
-        await pool.stop()
-
-    run(go)
+@in_loop
+async def test_an_unload_drains_running_requests_while_new_ones_wait(moves: list[Any]) -> None:
+    pool = pool_of(["a"])
+    held, unloading = await draining_under_a_lease(pool)
+    assert pool.find("a").status is Status.LOADED  # as /v1/models shows it
+    assert [m.id for m in pool.models()] == ["a"] and list(pool.stats()) == ["a"]
+    newcomer = asyncio.ensure_future(pool.acquire("a"))
+    await asyncio.sleep(0.05)
+    assert not newcomer.done() and not unloading.done()
+    held.release()
+    assert (await unloading).status is Status.UNLOADED
+    (await newcomer).release()  # it waited for the unload, then loaded the model again
+    assert path(moves, "a") == [*SERVE_AND_UNLOAD, (U, LG), (LG, L)]
+    await pool.stop()
 
 
-def test_a_cancelled_unload_puts_the_model_back_in_service(moves: list[Any]) -> None:
-    async def go() -> None:
-        pool = pool_of(["a"])
-        held = await pool.acquire("a")
-        unloading = asyncio.ensure_future(pool.unload("a"))
-        await until(lambda: pool._catalog.entries["a"].phase is D)
-        unloading.cancel()
-        await asyncio.gather(unloading, return_exceptions=True)
-        again = await asyncio.wait_for(pool.acquire("a"), 0.5)  # served at once
-        held.release()
-        again.release()
-        assert path(moves, "a") == UNLOAD_CALLED_OFF and pool.unloads == {}
-        await pool.stop()
-
-    run(go)
+@in_loop
+async def test_a_cancelled_unload_puts_the_model_back_in_service(moves: list[Any]) -> None:
+    pool = pool_of(["a"])
+    held, unloading = await draining_under_a_lease(pool)
+    unloading.cancel()
+    await asyncio.gather(unloading, return_exceptions=True)
+    again = await asyncio.wait_for(pool.acquire("a"), 0.5)  # served at once
+    held.release()
+    again.release()
+    assert path(moves, "a") == UNLOAD_CALLED_OFF and pool.unloads == {}
+    await pool.stop()
 
 
-def test_a_request_calls_off_an_expiry_that_waits_for_its_turn(moves: list[Any]) -> None:
+@in_loop
+async def test_a_request_calls_off_an_expiry_that_waits_for_its_turn(moves: list[Any]) -> None:
     gate = asyncio.Event()
-
-    async def go() -> None:
-        engines: dict[str, Fake] = {}
-        pool = pool_of(["a", "slow"], ttl={"a": 0.1}, engines=engines)
-        engines["slow"] = Fake(pool.spec("slow"), gate=gate)
-        await pool.start()
-        (await pool.acquire("a")).release()
-        slow = asyncio.ensure_future(pool.acquire("slow"))  # its load holds the lifecycle
-        await until(lambda: pool._catalog.entries["a"].phase is E)
-        assert pool.find("a").status is Status.UNLOADING
-        wanting = asyncio.ensure_future(pool.acquire("a"))
-        await asyncio.sleep(0.05)
-        assert not wanting.done()
-        gate.set()
-        lease = await wanting  # the same engine serves it: never stopped
-        assert not engines["a"].stopped and pool.unloads == {}
-        lease.release()
-        (await slow).release()
-        await until(lambda: pool.find("a").status is Status.UNLOADED)
-        assert engines["a"].stopped and pool.unloads == {("a", "idle"): 1}
-        assert path(moves, "a") == EXPIRY_CALLED_OFF_THEN_DONE
-        await pool.stop()
-
-    run(go)
+    engines: dict[str, Fake] = {}
+    pool = pool_of(["a", "slow"], ttl={"a": 0.1}, engines=engines,
+                   fakes={"slow": {"gate": gate}})
+    await pool.start()
+    (await pool.acquire("a")).release()
+    slow = asyncio.ensure_future(pool.acquire("slow"))  # its load holds the lifecycle
+    await until(lambda: pool._catalog.entries["a"].phase is E)
+    assert pool.find("a").status is Status.UNLOADING
+    wanting = asyncio.ensure_future(pool.acquire("a"))
+    await asyncio.sleep(0.05)
+    assert not wanting.done()
+    gate.set()
+    lease = await wanting  # the same engine serves it: never stopped
+    assert not engines["a"].stopped and pool.unloads == {}
+    lease.release()
+    (await slow).release()
+    await until(lambda: pool.find("a").status is Status.UNLOADED)
+    assert engines["a"].stopped and pool.unloads == {("a", "idle"): 1}
+    assert path(moves, "a") == EXPIRY_CALLED_OFF_THEN_DONE
+    await pool.stop()
 
 
-def test_a_failed_load_and_its_retry(moves: list[Any]) -> None:
-    async def go() -> None:
-        engines: dict[str, Fake] = {}
-        pool = pool_of(["a"], engines=engines)
-        engines["a"] = Fake(pool.spec("a"), broken=True)
-        with pytest.raises(ModelLoadFailed, match="bad weights"):
-            await pool.acquire("a")
-        with pytest.raises(ModelLoadFailed):  # within the back-off: no second load
-            await pool.acquire("a")
-        with pytest.raises(ModelLoadFailed, match="bad weights"):
-            await pool.load("a")  # an explicit load retries at once
-        assert path(moves, "a") == FAIL_AND_RETRY
-        await pool.stop()
-
-    run(go)
+@in_loop
+async def test_a_failed_load_and_its_retry(moves: list[Any]) -> None:
+    pool = pool_of(["a"], fakes={"a": {"broken": True}})
+    with pytest.raises(ModelLoadFailed, match="bad weights"):
+        await pool.acquire("a")
+    with pytest.raises(ModelLoadFailed):  # within the back-off: no second load
+        await pool.acquire("a")
+    with pytest.raises(ModelLoadFailed, match="bad weights"):
+        await pool.load("a")  # an explicit load retries at once
+    assert path(moves, "a") == FAIL_AND_RETRY
+    await pool.stop()
 
 
-def test_an_unreadable_model_fails_and_fails_again_on_retry(moves: list[Any]) -> None:
+@in_loop
+async def test_an_unreadable_model_fails_and_fails_again_on_retry(moves: list[Any]) -> None:
     def estimate(spec: ModelSpec) -> Footprint:
         raise OSError("truncated file")
-
-    async def go() -> None:
-        pool = pool_of(["a"], estimator=estimate)
-        assert pool.find("a").status is Status.FAILED
-        with pytest.raises(ModelLoadFailed, match="truncated file"):
-            await pool.load("a")
-        assert path(moves, "a") == UNREADABLE
-        await pool.stop()
-
-    run(go)
+    pool = pool_of(["a"], estimator=estimate)
+    assert pool.find("a").status is Status.FAILED
+    with pytest.raises(ModelLoadFailed, match="truncated file"):
+        await pool.load("a")
+    assert path(moves, "a") == UNREADABLE
+    await pool.stop()
 
 
-def test_stop_unloads_loaded_draining_and_expiring_models(moves: list[Any]) -> None:
+@in_loop
+async def test_stop_unloads_loaded_draining_and_expiring_models(moves: list[Any]) -> None:
     gate = asyncio.Event()
-
-    async def go() -> None:
-        engines: dict[str, Fake] = {}
-        pool = pool_of(list(STOPPED), budget=400 * MB, ttl={"expiring": 0.1}, engines=engines)
-        engines["slow"] = Fake(pool.spec("slow"), gate=gate)
-        await pool.start()
-        (await pool.acquire("plain")).release()
-        (await pool.acquire("expiring")).release()
-        held = await pool.acquire("draining")
-        unloading = asyncio.ensure_future(pool.unload("draining"))
-        slow = asyncio.ensure_future(pool.acquire("slow"))
-        await until(lambda: pool._catalog.entries["expiring"].phase is E
-                    and pool._catalog.entries["draining"].phase is D)
-        await pool.stop()
-        with pytest.raises(NotReady, match="shutting down"):
-            await slow
-        held.release()
-        assert (await unloading).status is Status.UNLOADED
-        assert all(engines[name].stopped for name in ("plain", "draining", "expiring"))
-        assert {name: path(moves, name) for name in STOPPED} == STOPPED
-
-    run(go)
+    engines: dict[str, Fake] = {}
+    pool = pool_of(list(STOPPED), budget=400 * MB, ttl={"expiring": 0.1}, engines=engines,
+                   fakes={"slow": {"gate": gate}})
+    await pool.start()
+    (await pool.acquire("plain")).release()
+    (await pool.acquire("expiring")).release()
+    held = await pool.acquire("draining")
+    unloading = asyncio.ensure_future(pool.unload("draining"))
+    slow = asyncio.ensure_future(pool.acquire("slow"))
+    await until(lambda: pool._catalog.entries["expiring"].phase is E
+                and pool._catalog.entries["draining"].phase is D)
+    await pool.stop()
+    with pytest.raises(NotReady, match="shutting down"):
+        await slow
+    held.release()
+    assert (await unloading).status is Status.UNLOADED
+    assert all(engines[name].stopped for name in ("plain", "draining", "expiring"))
+    assert {name: path(moves, name) for name in STOPPED} == STOPPED
 
 
-def test_stop_while_making_room_leaves_the_newcomer_unloaded(moves: list[Any]) -> None:
-    async def go() -> None:
-        engines: dict[str, Fake] = {}
-        pool = pool_of(["a", "b"], budget=60 * MB, engines=engines)
-        engines["a"] = Fake(pool.spec("a"), stubborn=True)
-        (await pool.acquire("a")).release()
-        wanting = asyncio.ensure_future(pool.acquire("b"))
-        await until(lambda: pool._catalog.entries["a"].phase is UG)
-        await asyncio.sleep(0.05)  # "a" is stopping
-        await pool.stop()
-        with pytest.raises(NotReady, match="shutting down"):
-            await wanting
-        assert "b" not in engines  # never made
-        assert {name: path(moves, name) for name in "ab"} == STOPPED_WHILE_MAKING_ROOM
-
-    run(go)
+@in_loop
+async def test_stop_while_making_room_leaves_the_newcomer_unloaded(moves: list[Any]) -> None:
+    engines: dict[str, Fake] = {}
+    pool = pool_of(["a", "b"], budget=60 * MB, engines=engines,
+                   fakes={"a": {"stubborn": True}})
+    (await pool.acquire("a")).release()
+    wanting = asyncio.ensure_future(pool.acquire("b"))
+    await until(lambda: pool._catalog.entries["a"].phase is UG)
+    await asyncio.sleep(0.05)  # "a" is stopping
+    await pool.stop()
+    with pytest.raises(NotReady, match="shutting down"):
+        await wanting
+    assert "b" not in engines  # never made
+    assert {name: path(moves, name) for name in "ab"} == STOPPED_WHILE_MAKING_ROOM
 
 
-def test_a_load_nobody_waits_for_is_not_unloaded_under_its_next_request(
+@in_loop
+async def test_a_load_nobody_waits_for_is_not_unloaded_under_its_next_request(
         moves: list[Any]) -> None:
     """A load whose requests gave up is kept until it is loaded and idle: chosen to make room
     while it loaded, it was unloaded right after, under the request that had come for it."""
     gate = asyncio.Event()
-
-    async def go() -> None:
-        engines: dict[str, Fake] = {}
-        pool = pool_of(["a", "b"], budget=60 * MB, engines=engines, load_timeout=0.1)
-        engines["a"] = Fake(pool.spec("a"), gate=gate)
-        with pytest.raises(NotReady, match="still loading"):
-            await pool.acquire("a")
-        pool.load_timeout = 10
-        other = asyncio.ensure_future(pool.acquire("b"))
-        await asyncio.sleep(0.05)
-        again = asyncio.ensure_future(pool.acquire("a"))
-        await asyncio.sleep(0.05)
-        gate.set()
-        lease = await again
-        await asyncio.sleep(0.05)
-        assert not engines["a"].stopped and not other.done()  # "a" serves; "b" waits
-        lease.release()
-        (await other).release()
-        assert engines["a"].stopped and pool.unloads == {("a", "capacity"): 1}
-        assert path(moves, "a") == [(U, LG), (LG, L), (L, UG), (UG, U)]
-        await pool.stop()
-
-    run(go)
+    engines: dict[str, Fake] = {}
+    pool = pool_of(["a", "b"], budget=60 * MB, engines=engines, load_timeout=0.1,
+                   fakes={"a": {"gate": gate}})
+    with pytest.raises(NotReady, match="still loading"):
+        await pool.acquire("a")
+    pool.load_timeout = 10
+    other = asyncio.ensure_future(pool.acquire("b"))
+    await asyncio.sleep(0.05)
+    again = asyncio.ensure_future(pool.acquire("a"))
+    await asyncio.sleep(0.05)
+    gate.set()
+    lease = await again
+    await asyncio.sleep(0.05)
+    assert not engines["a"].stopped and not other.done()  # "a" serves; "b" waits
+    lease.release()
+    (await other).release()
+    assert engines["a"].stopped and pool.unloads == {("a", "capacity"): 1}
+    assert path(moves, "a") == [(U, LG), (LG, L), (L, UG), (UG, U)]
+    await pool.stop()

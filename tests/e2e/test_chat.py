@@ -33,22 +33,16 @@ def test_plain_chat_completion_validates_against_openai_spec(http: httpx.Client)
     assert r.headers["x-request-id"]
 
 
-def test_sdk_chat_and_max_tokens_length(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize(("limit", "tokens", "about"),
+                         [("max_tokens", 7, "a cat"), ("max_completion_tokens", 5, "a dog")])
+def test_sdk_chat_token_limit_ends_with_length(client: openai.OpenAI, limit: str, tokens: int,
+                                               about: str) -> None:
     out = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Write a long story about a cat."}],
-        max_tokens=7, temperature=0,
+        model=MODEL, messages=[{"role": "user", "content": f"Write a long story about {about}."}],
+        temperature=0, **{limit: tokens},
     )
     assert out.choices[0].finish_reason == "length"
-    assert out.usage is not None and out.usage.completion_tokens == 7
-
-
-def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
-    out = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Write a long story about a dog."}],
-        max_completion_tokens=5, temperature=0,
-    )
-    assert out.choices[0].finish_reason == "length"
-    assert out.usage is not None and out.usage.completion_tokens == 5
+    assert out.usage is not None and out.usage.completion_tokens == tokens
 
 
 def test_same_seed_same_text_and_seeds_differ(client: openai.OpenAI) -> None:

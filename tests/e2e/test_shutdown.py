@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,6 +55,38 @@ def watch_start(server: Server, timeout: float = 180) -> list[tuple[int, int]]:
     raise AssertionError(f"never ready: {seen}\n{server.log_text()}")
 
 
+def sigterm_mid_stream(server: Server, max_tokens: int, started: Callable[[str], bool]
+                       ) -> tuple[threading.Thread, dict[str, object]]:
+    """Streams a counting completion in a thread and sends SIGTERM once `started` holds for the
+    text read so far (or the stream ended). The thread leaves the whole text under "raw", or
+    under "error" what ended the stream otherwise."""
+    got_token = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def consume() -> None:
+        body = {"model": MODEL, "prompt": COUNTING, "max_tokens": max_tokens,
+                "temperature": 0, "stream": True}
+        try:
+            with httpx.stream("POST", server.v1 + "/completions", json=body,
+                              timeout=300) as r:
+                raw = ""
+                for text in r.iter_text():
+                    raw += text
+                    if started(raw):
+                        got_token.set()
+                outcome["raw"] = raw
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            got_token.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert got_token.wait(300)
+    server.process.send_signal(signal.SIGTERM)
+    return reader, outcome
+
+
 @pytest.fixture(scope="module")
 def starting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, list[
         tuple[int, int]]]]:
@@ -80,30 +112,7 @@ def test_live_at_once_ready_only_after_the_model_loaded(
 def test_sigterm_lets_a_running_stream_finish_then_stops_the_engine(
         starting: tuple[Server, list[tuple[int, int]]]) -> None:
     server, _ = starting
-    first_token = threading.Event()
-    outcome: dict[str, object] = {}
-
-    def consume() -> None:
-        body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 300, "temperature": 0,
-                "stream": True}
-        try:
-            with httpx.stream("POST", server.v1 + "/completions", json=body,
-                              timeout=300) as r:
-                raw = ""
-                for text in r.iter_text():
-                    raw += text
-                    if "data: {" in raw:
-                        first_token.set()
-                outcome["raw"] = raw
-        except Exception as exc:
-            outcome["error"] = exc
-        finally:
-            first_token.set()
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    assert first_token.wait(300)
-    server.process.send_signal(signal.SIGTERM)
+    reader, outcome = sigterm_mid_stream(server, 300, lambda raw: "data: {" in raw)
 
     # Stop accepting: new connections are refused while the stream still runs.
     refused_while_streaming = False
@@ -136,32 +145,11 @@ def test_after_the_grace_period_streams_are_cut_and_the_process_exits(tmp_path: 
     server = spawn(tmp_path, "--shutdown-grace", "1")
     try:
         watch_start(server)
-        got_token = threading.Event()
-        outcome: dict[str, object] = {}
-
-        def consume() -> None:
-            body = {"model": MODEL, "prompt": COUNTING, "max_tokens": 1900,
-                    "temperature": 0, "stream": True}
-            try:
-                with httpx.stream("POST", server.v1 + "/completions", json=body,
-                                  timeout=300) as r:
-                    text = ""
-                    for chunk in r.iter_text():
-                        text += chunk
-                        got_token.set()
-                    outcome["text"] = text
-            except httpx.HTTPError as exc:
-                outcome["error"] = exc
-            finally:
-                got_token.set()
-
-        reader = threading.Thread(target=consume)
-        reader.start()
-        assert got_token.wait(300)
-        server.process.send_signal(signal.SIGTERM)
+        reader, outcome = sigterm_mid_stream(server, 1900, lambda _: True)
         assert server.process.wait(120) in CLEAN_EXIT
         reader.join(60)
-        assert "data: [DONE]" not in str(outcome.get("text", "")), "stream was not cut"
+        assert isinstance(outcome.get("error"), (type(None), httpx.HTTPError)), outcome
+        assert "data: [DONE]" not in str(outcome.get("raw", "")), "stream was not cut"
         log = server.log_text()
         assert "timeout graceful shutdown exceeded" in log
         assert "engines stopped" in log

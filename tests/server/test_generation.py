@@ -258,14 +258,24 @@ def _chat_with_tools(client: TestClient, **extra: Any) -> httpx.Response:
     return client.post("/v1/chat/completions", json={**CHAT, "tools": [TOOL], **extra})
 
 
-def test_a_mistral_model_s_calls_are_parsed_as_mistral() -> None:
+def _writes_mistral_call(tool_format: ModelFormat) -> FormatBackend:
+    """A model of `tool_format` whose reply is MISTRAL_CALL, then stop."""
     script = [Chunk(0, t) for t in MISTRAL_CALL] + [
         Chunk(0, finish_reason="stop", usage=Usage(9, 12))]
-    backend = FormatBackend(script, tool_format="mistral")
-    with _client(backend) as client:
-        r = _chat_with_tools(client)
-        assert r.status_code == 200, r.text
-        [choice] = r.json()["choices"]
+    return FormatBackend(script, tool_format=tool_format)
+
+
+def _tool_choice(client: TestClient) -> dict[str, Any]:
+    """The one choice of a successful non-streaming chat request with TOOL."""
+    r = _chat_with_tools(client)
+    assert r.status_code == 200, r.text
+    [choice] = r.json()["choices"]
+    return choice
+
+
+def test_a_mistral_model_s_calls_are_parsed_as_mistral() -> None:
+    with _client(_writes_mistral_call("mistral")) as client:
+        choice = _tool_choice(client)
         assert choice["finish_reason"] == "tool_calls"
         assert choice["message"]["content"] == "Sure. "
         [call] = choice["message"]["tool_calls"]
@@ -284,13 +294,8 @@ def test_a_mistral_model_s_calls_are_parsed_as_mistral() -> None:
 
 
 def test_the_same_text_from_a_hermes_model_is_content() -> None:
-    script = [Chunk(0, t) for t in MISTRAL_CALL] + [
-        Chunk(0, finish_reason="stop", usage=Usage(9, 12))]
-    backend = FormatBackend(script, tool_format="hermes")
-    with _client(backend) as client:
-        r = _chat_with_tools(client)
-        assert r.status_code == 200, r.text
-        [choice] = r.json()["choices"]
+    with _client(_writes_mistral_call("hermes")) as client:
+        choice = _tool_choice(client)
         assert choice["finish_reason"] == "stop"
         assert choice["message"]["content"] == "".join(MISTRAL_CALL)
         assert "tool_calls" not in choice["message"]
@@ -315,10 +320,7 @@ def test_a_hermes_model_s_calls_are_parsed_as_hermes() -> None:
 
 
 def test_without_tools_no_calls_are_parsed() -> None:
-    script = [Chunk(0, t) for t in MISTRAL_CALL] + [Chunk(0, finish_reason="stop",
-                                                          usage=Usage(9, 12))]
-    backend = FormatBackend(script, tool_format="mistral")
-    with _client(backend) as client:
+    with _client(_writes_mistral_call("mistral")) as client:
         [choice] = client.post("/v1/chat/completions", json=CHAT).json()["choices"]
         assert choice["message"]["content"] == "".join(MISTRAL_CALL)
         assert choice["finish_reason"] == "stop"
