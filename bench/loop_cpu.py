@@ -31,6 +31,7 @@ from harness import (
     REPO,
     async_client,
     derived_config,
+    export_lokal,
     free_port,
     lokal_server,
     stream_chat,
@@ -113,12 +114,15 @@ def main() -> None:
                         default=REPO / "configs" / "smollm2-135m-instruct.yaml")
     parser.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS",
                         help="also sample the server with py-spy for this long")
+    parser.add_argument("--lokal-ref", help="measure this git commit of lokal (exported to "
+                        "bench/.cache) instead of the work tree")
     parser.add_argument("serve_args", nargs="*", help="passed on to `lokal serve`")
     args = parser.parse_args()
+    lokal_dir = export_lokal(args.lokal_ref) if args.lokal_ref else REPO
 
     out = OUT_DIR / "loop_cpu"
     config = derived_config(args.config, args.threads, None, out / "lokal.yaml")
-    server = lokal_server(REPO, config, free_port(), out / "lokal.log")
+    server = lokal_server(lokal_dir, config, free_port(), out / "lokal.log")
     server.command += args.serve_args
     model = yaml.safe_load(config.read_text(encoding="utf-8"))["id"]
     with server.running():
