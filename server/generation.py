@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -147,8 +148,12 @@ async def start(
             await chunks.aclose()
             raise
         watch.chunk(first)
+        served = _served(first, chunks, watch, lease)
+        # A response that is never iterated (its client gone before the body was sent) never
+        # runs the stream's finally: the lease goes back when the stream is collected.
+        weakref.finalize(served, lease.release)
         start = Start(first.prompt_tokens or 0, leased_at)
-        return Started(_served(first, chunks, watch, lease), backend.info, lease, start)
+        return Started(served, backend.info, lease, start)
     except BaseException:
         lease.release()
         raise

@@ -4,14 +4,17 @@ second time), and the request timeout as the job's deadline, whose passing is a 
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
-from lokal.backends.base import Chunk, GenerationRequest, Usage
+from lokal.backends.base import Chunk, GenerationRequest, TextPrompt, Usage
 from lokal.backends.errors import DeadlineExceeded
+from lokal.server.generation import start
 from lokal.server.settings import ServerSettings
 from tests.server.scripted import ScriptedBackend, scripted_client
 from tests.server.test_generation import CHAT, _client, _events, _pool, _running
@@ -117,3 +120,24 @@ def test_an_engine_deadline_mid_stream_is_one_timeout_event() -> None:
         assert events[-2]["error"]["code"] == "timeout"
         assert events[-2]["error"]["message"] == TIMEOUT_MESSAGE
         assert _running(client) == 0
+
+
+def test_a_stream_nobody_iterates_gives_its_lease_back() -> None:
+    """A response whose body is never sent (its client gone first) never runs the stream's
+    finally; the lease still goes back once the stream is collected."""
+    backend = ScriptedBackend([Chunk(text="hi"), Chunk(finish_reason="stop", usage=Usage(1, 1))])
+    with _client(backend) as client:
+        pool = _pool(client)
+
+        async def go() -> tuple[int, int]:
+            request = Request({"type": "http", "app": client.app, "state": {}, "headers": [],
+                               "method": "POST", "path": "/v1/completions"})
+            started = await start(request, pool, "scripted",
+                                   GenerationRequest("r", TextPrompt("hi")))
+            held = pool.find("scripted").running
+            del started
+            gc.collect()
+            return held, pool.find("scripted").running
+
+        assert client.portal is not None
+        assert client.portal.call(go) == (1, 0)
