@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
-from lokal.backends.base import ToolCall
+from lokal.backends.base import ChatPrompt, GenerationRequest, ToolCall
 from lokal.backends.tool_formats import (
     BETWEEN,
     CALL_HEAD,
@@ -275,3 +277,17 @@ def _is_object(text: str) -> bool:
         return isinstance(json.loads(text), dict)
     except json.JSONDecodeError:
         return False
+
+
+def call_parsers(request: GenerationRequest,
+                 tool_format: ToolFormat) -> Callable[[], ToolCallParser] | None:
+    """Makes each choice's parser of calls for `request`, on a model that writes calls as
+    `tool_format`: the names are the tools its prompt offers, and the whole output is calls
+    when its constraint forces them (tool_choice required or a named function; not the lazy
+    constraint of tool_choice auto). None when the prompt offers no tools."""
+    prompt = request.prompt
+    if not isinstance(prompt, ChatPrompt) or not prompt.tools:
+        return None
+    constraint = request.constraint
+    forced = constraint is not None and constraint.kind == "tool_calls" and not constraint.lazy
+    return partial(ToolCallParser, tool_format, frozenset(t.name for t in prompt.tools), forced)

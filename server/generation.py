@@ -20,9 +20,9 @@ from lokal.backends.errors import EngineFailure
 from lokal.backends.events import Failure, OutputEvent, drain, output_events
 from lokal.backends.pool import ModelPool
 from lokal.backends.pool_entry import Lease
+from lokal.backends.tool_calls import call_parsers
 from lokal.server.disconnect import cancel_on_disconnect
 from lokal.server.doors.render import Renderer, Start
-from lokal.server.doors.translate import ToolPlan
 from lokal.server.errors import request_id_of, to_api_error
 from lokal.server.metrics import GenerationWatch, Metrics
 from lokal.server.settings import ServerSettings
@@ -40,11 +40,11 @@ async def serve_generation(
     renderer: Renderer,
     *,
     stream: bool,
-    tools: ToolPlan | None = None,
 ) -> Response:
     """Runs `generations` (several: one per prompt of a legacy completions request, whose
     choices are renumbered prompt by prompt) on `model` and answers in `renderer`'s protocol.
-    Every generation is primed first, so a bad prompt anywhere is a plain 4xx."""
+    Every generation is primed first, so a bad prompt anywhere is a plain 4xx. Tool calls are
+    read as the request's tools and constraint say, in the serving model's own format."""
     primed: list[Started] = []
     try:
         for generation in generations:
@@ -56,8 +56,7 @@ async def serve_generation(
     info = primed[0].info
     renderer.started(primed[0].start)
     chunks = primed[0].chunks if len(primed) == 1 else _renumbered(primed, generations[0].n)
-    # the model is loaded now: calls are read in its own tool-call format
-    events = output_events(chunks, tools.parsers(info.tool_format) if tools else None)
+    events = output_events(chunks, call_parsers(generations[0], info.tool_format))
     if stream:
         if renderer.framing == "ndjson":
             return ndjson_response(_frames(renderer, events, request_id_of(request), ndjson_line))

@@ -8,12 +8,9 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Literal
 
 from lokal.backends.base import Constraint, GenerationRequest, SamplingParams, Tool
-from lokal.backends.tool_calls import ToolCallParser
-from lokal.backends.tool_formats import ToolFormat
 from lokal.backends.tools import tool_call_schema
 from lokal.server.errors import APIError
 from lokal.server.settings import SchemaLimits
@@ -94,13 +91,6 @@ class ToolPlan:
     names: frozenset[str] = frozenset()
     forced: bool = False
     constraint: Constraint | None = None
-
-    def parsers(self, tool_format: ToolFormat) -> Callable[[], ToolCallParser] | None:
-        """Makes each choice's parser of calls, on a model that writes them as
-        `tool_format`; None when the request offers no tools."""
-        if not self.names:
-            return None
-        return partial(ToolCallParser, tool_format, self.names, self.forced)
 
 
 def tool_plan(tools: Sequence[Tool], choice: ToolChoice | None, *,

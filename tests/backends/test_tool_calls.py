@@ -4,10 +4,25 @@ begins, the name once known, arguments as generated, complete calls at the end."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 
-from lokal.backends.tool_calls import CallArguments, CallStart, Event, ToolCallParser
+from lokal.backends.base import (
+    ChatMessage,
+    ChatPrompt,
+    Constraint,
+    GenerationRequest,
+    TextPrompt,
+    Tool,
+)
+from lokal.backends.tool_calls import (
+    CallArguments,
+    CallStart,
+    Event,
+    ToolCallParser,
+    call_parsers,
+)
 from lokal.backends.tool_formats import CallTrigger, ToolFormat, format_for_template
 
 KNOWN = frozenset({"get_weather", "get_time"})
@@ -209,3 +224,56 @@ def test_unparseable_text_that_ended_by_itself_stays_content() -> None:
     # Cut, a reply that only looks like a call to an unknown tool is text as well.
     content, _, _ = finish_after("hermes", '{"name": "send_mail", "argu', cut=True)
     assert content == '{"name": "send_mail", "argu'
+
+
+# -- the parsers a request gets ---------------------------------------------------------------
+
+WEATHER_TOOL = Tool("get_weather", parameters={"type": "object", "properties": {
+    "city": {"type": "string"}}})
+
+
+def _request(tools: tuple[Tool, ...], constraint: Constraint | None = None) -> GenerationRequest:
+    return GenerationRequest("r", ChatPrompt((ChatMessage("user", "hi"),), tools=tools),
+                             constraint=constraint)
+
+
+def test_a_request_gets_a_fresh_parser_per_choice_in_the_models_format() -> None:
+    make = call_parsers(_request((WEATHER_TOOL,)), "mistral")
+    assert make is not None
+    first, second = make(), make()
+    assert first is not second
+    first.feed('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]')
+    _, calls = first.finish()
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Oslo"}')]
+    assert second.finish()[1] == []  # the first one's state is not shared
+
+
+def _content_and_calls(make: Callable[[], ToolCallParser] | None,
+                       text: str) -> tuple[str, list[str]]:
+    assert make is not None
+    parser = make()
+    events = parser.feed(text)
+    tail, calls = parser.finish()
+    return "".join(e for e in [*events, *tail] if isinstance(e, str)), [c.name for c in calls]
+
+
+def test_the_names_are_the_prompts_tools_and_forcing_is_the_constraints() -> None:
+    call = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    forced = Constraint("tool_calls", schema={}, lazy=False)
+    lazy = Constraint("tool_calls", schema={}, lazy=True, names=frozenset({"get_weather"}))
+    for constraint in (lazy, None):  # tool_choice auto (held lazily, or over the limits)
+        make = call_parsers(_request((WEATHER_TOOL,), constraint), "mistral")
+        assert _content_and_calls(make, call) == ("", ["get_weather"])
+        assert _content_and_calls(make, f"Sure. {call}") == (f"Sure. {call}", [])
+    # forced: the whole output is calls (JSON), so text before one is not shown as content
+    make = call_parsers(_request((WEATHER_TOOL,), forced), "mistral")
+    assert _content_and_calls(make, f"Sure. {call}") == ("", [])
+    assert _content_and_calls(make, f"[{call}]") == ("", ["get_weather"])
+    # a tool the request did not offer is text
+    other = call_parsers(_request((Tool("get_time"),)), "hermes")
+    assert _content_and_calls(other, call) == (call, [])
+
+
+def test_no_tools_no_parser() -> None:
+    assert call_parsers(_request(()), "hermes") is None
+    assert call_parsers(GenerationRequest("r", TextPrompt("hi")), "hermes") is None

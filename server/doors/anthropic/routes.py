@@ -25,7 +25,7 @@ async def create_message(body: CreateMessageRequest, request: Request, pool: Poo
     translated = translate(body, request_id, settings.schema_limits())
     renderer = MessagesRenderer(f"msg_{uuid.uuid4().hex[:24]}", body.model, request_id)
     return await serve_generation(request, pool, body.model, [translated.generation],
-                                  renderer, stream=bool(body.stream), tools=translated.plan)
+                                  renderer, stream=bool(body.stream))
 
 
 @router.post("/v1/messages/count_tokens")

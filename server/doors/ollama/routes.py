@@ -98,8 +98,7 @@ async def _answer(request: Request, pool: ModelPool, body: ChatRequest | Generat
     if empty is not None:
         return JSONResponse(await _load_or_unload(pool, model, seconds, empty, body.model))
     return await serve_generation(request, pool, model, [translated.generation],
-                                  renderer(body.model, timing), stream=body.stream,
-                                  tools=translated.plan)
+                                  renderer(body.model, timing), stream=body.stream)
 
 
 @api.post("/chat", response_model=None)

@@ -32,8 +32,7 @@ async def create_chat_completion(
     meta = StreamMeta.of("chatcmpl", body, request_id, generation.n,
                          logprobs=generation.logprobs is not None)
     return await serve_generation(request, pool, body.model, [generation],
-                                  ChatRenderer(meta, generation.n), stream=bool(body.stream),
-                                  tools=translated.plan)
+                                  ChatRenderer(meta, generation.n), stream=bool(body.stream))
 
 
 @router.post("/v1/completions", response_model=None)

@@ -48,8 +48,7 @@ async def create_response(
 
     meta = ResponseMeta(new_id("resp"), int(time.time()), body.model, echo(body))
     return await serve_generation(request, pool, body.model, [translated.generation],
-                                  ResponsesRenderer(meta, save), stream=bool(body.stream),
-                                  tools=translated.plan)
+                                  ResponsesRenderer(meta, save), stream=bool(body.stream))
 
 
 @router.get("/v1/responses/{response_id}")

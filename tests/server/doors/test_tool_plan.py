@@ -11,7 +11,6 @@ import jsonschema
 import pytest
 
 from lokal.backends.base import Tool
-from lokal.backends.tool_calls import ToolCallParser
 from lokal.server.doors.translate import ToolChoice, ToolPlan, tool_plan
 from tests.server.doors.test_translate import TIME, WEATHER, _refused
 
@@ -22,7 +21,7 @@ def test_no_tools_or_choice_none_is_an_empty_plan() -> None:
     assert tool_plan([], None) == ToolPlan()
     empty = tool_plan([WEATHER], ToolChoice("none"))
     assert empty == ToolPlan()
-    assert empty.constraint is None and empty.parsers("hermes") is None
+    assert empty.constraint is None and empty.tools == () and not empty.names
 
 
 def test_a_choice_without_tools_names_the_choice_param() -> None:
@@ -111,18 +110,3 @@ def test_auto_with_a_strict_tool_is_enforced() -> None:
     strict = replace(TIME, strict=True)
     c = tool_plan([WEATHER, strict], ToolChoice("auto")).constraint
     assert c is not None and c.lazy and not c.best_effort
-
-
-def test_parsers_make_a_fresh_parser_per_call_in_the_models_format() -> None:
-    plan = tool_plan([WEATHER], None)
-    make = plan.parsers("mistral")
-    assert make is not None
-    first, second = make(), make()
-    assert isinstance(first, ToolCallParser) and first is not second
-    text = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}]'
-    first.feed(text)
-    _, calls = first.finish()
-    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Oslo"}')]
-    _, untouched = second.finish()  # the first one's state is not shared
-    assert untouched == []
-    assert ToolPlan().parsers("hermes") is None
