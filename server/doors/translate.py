@@ -65,7 +65,8 @@ def sampling(defaults: SamplingParams = DEFAULT_SAMPLING, *, temperature: float 
 
 @dataclass(frozen=True, slots=True)
 class Translated:
-    """A wire request as the engine's, and how its output becomes tool calls."""
+    """A wire request as the engine's, and the tool plan it was built with (the engine's side
+    reads calls from the request itself: backends.tool_calls.call_parsers)."""
 
     generation: GenerationRequest
     plan: ToolPlan
