@@ -71,6 +71,10 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int | None = None
     """None means: whatever room the context leaves after the prompt."""
+    max_tokens_ceiling: bool = False
+    """max_tokens is a ceiling (Anthropic's and the Responses API's meaning): a prompt leaving
+    less room generates to the end of the context and stops with "length". False (OpenAI chat
+    and completions, as OpenAI and vLLM): prompt + max_tokens over the context is refused."""
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

@@ -94,7 +94,9 @@ class PromptFrontEnd:
         tokens = self.tokens(request)
         if not tokens:
             raise InvalidParameter("the prompt is empty", param="prompt")
-        return PreparedPrompt(tokens, self._budget(len(tokens), request.sampling.max_tokens))
+        sampling = request.sampling
+        return PreparedPrompt(tokens, self._budget(len(tokens), sampling.max_tokens,
+                                                   sampling.max_tokens_ceiling))
 
     def tokens(self, request: GenerationRequest) -> list[int]:
         """The ids the engine runs for `request`'s prompt: what count_tokens reports."""
@@ -155,10 +157,11 @@ class PromptFrontEnd:
         after = tokenizer.encode(suffix, add_special=False)
         return [*tokenizer.special_prefix(), pre, *before, suf, *after, mid]
 
-    def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
-        """The tokens the request may generate: max_tokens, or all the room the prompt leaves."""
+    def _budget(self, prompt_tokens: int, max_tokens: int | None, ceiling: bool = False) -> int:
+        """The tokens the request may generate: max_tokens, or all the room the prompt leaves
+        (also when max_tokens is only a `ceiling` the prompt leaves no room for)."""
         n_ctx = self._context_length
-        if max_tokens is None:
+        if max_tokens is None or (ceiling and prompt_tokens + max_tokens > n_ctx):
             if prompt_tokens >= n_ctx:
                 raise ContextLengthExceeded(prompt_tokens, None, n_ctx)
             return n_ctx - prompt_tokens

@@ -49,14 +49,16 @@ def logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
 def sampling(defaults: SamplingParams = DEFAULT_SAMPLING, *, temperature: float | None = None,
              top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
              seed: int | None = None, max_tokens: int | None = None,
-             stop: str | list[str] | None = None, presence_penalty: float | None = None,
+             max_tokens_ceiling: bool | None = None, stop: str | list[str] | None = None,
+             presence_penalty: float | None = None,
              frequency_penalty: float | None = None, repetition_penalty: float | None = None,
              logit_bias: Mapping[int, float] | None = None) -> SamplingParams:
     """The sampling a request asks for: what it sets, over its protocol's `defaults` for what
     it leaves out (None); empty stop strings are dropped."""
     given: dict[str, Any] = {
         "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
-        "seed": seed, "max_tokens": max_tokens, "presence_penalty": presence_penalty,
+        "seed": seed, "max_tokens": max_tokens, "max_tokens_ceiling": max_tokens_ceiling,
+        "presence_penalty": presence_penalty,
         "frequency_penalty": frequency_penalty, "repetition_penalty": repetition_penalty,
         "logit_bias": logit_bias, "stop": None if stop is None else stops(stop),
     }

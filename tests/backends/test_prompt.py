@@ -192,6 +192,19 @@ def test_the_budget_is_max_tokens_or_what_the_context_leaves() -> None:
         "leaving no room for a completion.")
 
 
+def test_a_max_tokens_ceiling_generates_to_the_end_of_the_context() -> None:
+    """Anthropic's and the Responses API's max_tokens: more than the room left is a ceiling,
+    not an error; a prompt that leaves no room at all is still refused."""
+    ten = TextPrompt("x" * 9)  # BOS + 9 = 10 tokens in a context of 32
+    ceiling = SamplingParams(max_tokens=32000, max_tokens_ceiling=True)
+    assert front().prepare(req(ten, sampling=ceiling)).max_tokens == 22
+    within = SamplingParams(max_tokens=5, max_tokens_ceiling=True)
+    assert front().prepare(req(ten, sampling=within)).max_tokens == 5
+    with pytest.raises(ContextLengthExceeded) as info:
+        front().prepare(req(TextPrompt("x" * 31), sampling=ceiling))
+    assert info.value.param == "messages"
+
+
 def test_an_empty_prompt_is_refused_but_counts_zero() -> None:
     with pytest.raises(InvalidParameter) as info:
         front().prepare(req(TokenPrompt(())))

@@ -47,6 +47,28 @@ def test_serve_a_gguf_path_with_env_settings(tmp_path: Path) -> None:
             "max_tokens": 600})
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "context_length_exceeded"
+        # Anthropic's max_tokens and the Responses API's max_output_tokens are ceilings: past the
+        # room the prompt leaves, the model writes to the end of the context and is cut there.
+        count = " ".join(str(n) for n in range(1, 130))  # a prefill the model goes on with
+        r = httpx.post(f"{srv.base_url}/v1/messages", timeout=120, json={
+            "model": "my-model", "max_tokens": 600, "temperature": 0, "messages": [
+                {"role": "user", "content": "Count from 1 to 1000."},
+                {"role": "assistant", "content": count}]})
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        assert r.json()["stop_reason"] == "max_tokens"
+        assert usage["input_tokens"] + usage["output_tokens"] == 512
+        r = httpx.post(f"{srv.v1}/responses", timeout=120, json={
+            "model": "my-model", "max_output_tokens": 600, "temperature": 0, "input": [
+                {"role": "user", "content": "Count from 1 to 1000."},
+                {"role": "assistant", "content": count}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "incomplete"
+        assert r.json()["usage"]["input_tokens"] + r.json()["usage"]["output_tokens"] == 512
+        r = httpx.post(f"{srv.base_url}/v1/messages", timeout=120, json={
+            "model": "my-model", "max_tokens": 8, "messages": [
+                {"role": "user", "content": "dog " * 600}]})  # no room at all: still a 400
+        assert r.status_code == 400 and r.json()["type"] == "error"
     finally:
         stop_server(srv)
 

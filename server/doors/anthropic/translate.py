@@ -146,7 +146,8 @@ def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -
     wanted = sampling()
     if isinstance(body, CreateMessageRequest):
         wanted = sampling(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-                          max_tokens=body.max_tokens, stop=body.stop_sequences)
+                          max_tokens=body.max_tokens, max_tokens_ceiling=True,
+                          stop=body.stop_sequences)
     generation = GenerationRequest(
         request_id=request_id,
         prompt=ChatPrompt(tuple(messages), tools=plan.tools, continue_final=prefilled),

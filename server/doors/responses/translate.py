@@ -224,7 +224,7 @@ def response_request(body: CreateResponse, history: Sequence[Item], request_id: 
     generation = GenerationRequest(
         request_id=request_id, prompt=ChatPrompt(tuple(messages), tools=plan.tools),
         sampling=sampling(temperature=body.temperature, top_p=body.top_p,
-                          max_tokens=body.max_output_tokens),
+                          max_tokens=body.max_output_tokens, max_tokens_ceiling=True),
         constraint=constraint)
     return Translated(generation, plan), items
 
