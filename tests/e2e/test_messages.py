@@ -212,3 +212,17 @@ def test_a_dropped_stream_frees_the_slot(server: Server) -> None:
     while server.log_text().count("cancelled after") == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.log_text().count("cancelled after") > before
+
+
+def test_an_agents_thinking_and_output_budgets_are_ceilings(server: Server) -> None:
+    """What Claude Code sends on every turn: adaptive thinking, an effort, and max_tokens
+    32000 (more than this model's context). A model that does not reason answers, without
+    thinking blocks, within the context."""
+    r = httpx.post(f"{server.base_url}/v1/messages", timeout=CLIENT_TIMEOUT, json={
+        "model": MODEL, "max_tokens": 32000, "messages": HELLO, "temperature": 0,
+        "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
+        "stop_sequences": ["\n"]})
+    assert r.status_code == 200, r.text
+    validate(r.json(), "Message", vendor="anthropic")
+    assert [block["type"] for block in r.json()["content"]] == ["text"]
+    assert r.json()["content"][0]["text"].strip()

@@ -103,11 +103,23 @@ def _check_prefill(final: ChatMessage, i: int) -> None:
         raise _bad("messages: final assistant content cannot end with trailing whitespace")
 
 
+def _check_thinking(body: CountTokensRequest) -> None:
+    """Extended thinking's budget is a ceiling: a model that does not reason meets any budget
+    with no thinking, so `thinking` is accepted (adaptive, or enabled with a budget Anthropic
+    would take: at least 1024 tokens, less than max_tokens) and the reply has no thinking."""
+    thinking = body.thinking
+    if thinking is None or thinking.type != "enabled":
+        return
+    budget = thinking.budget_tokens
+    if budget is None or budget < 1024:
+        raise _bad("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+    if isinstance(body, CreateMessageRequest) and budget >= body.max_tokens:
+        raise _bad("`max_tokens` must be greater than `thinking.budget_tokens`")
+
+
 def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -> Translated:
     """The request as the engine's; sampling comes from CreateMessageRequest's fields."""
-    if body.thinking is not None and body.thinking.type != "disabled":
-        raise _bad(f"'thinking' is not supported: model '{body.model}' does not reason "
-                   "(no extended thinking); leave it out or set it to disabled")
+    _check_thinking(body)
     messages: list[ChatMessage] = []
     if body.system:
         messages.append(ChatMessage("system", _text_of(body.system, "system")))

@@ -57,6 +57,7 @@ class ThinkingParam(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
 
 
 class CountTokensRequest(BaseModel):

@@ -34,6 +34,8 @@ Item = dict[str, Any]
 """An input or output item in the shape the API returns it (ItemResource), with its id."""
 
 TEXT_PARTS = frozenset({"input_text", "output_text"})
+EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
+SUMMARIES = frozenset({"auto", "concise", "detailed"})
 HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
 """A non-reasoning model makes no reasoning items, so there is nothing to encrypt: asking
 for it (as Codex does) changes nothing. Every other `include` asks for data lokal lacks."""
@@ -43,13 +45,21 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def refuseunsupported(body: CreateResponse) -> None:
+def refuse_unsupported(body: CreateResponse) -> None:
     """400 for every parameter whose value asks for something lokal cannot do; absent, or
     at the value that asks for nothing, each is accepted."""
     reasoning = body.reasoning
-    if reasoning is not None and (reasoning.effort not in (None, "none") or reasoning.summary
-                                  or reasoning.generate_summary):
-        raise unsupported("reasoning", "lokal's models do not reason before answering")
+    if reasoning is not None:
+        # A ceiling on reasoning, met with none by a model that does not reason: accepted, and
+        # the usage says so (output_tokens_details.reasoning_tokens 0).
+        for field, value, allowed in (("effort", reasoning.effort, EFFORTS),
+                                      ("summary", reasoning.summary, SUMMARIES),
+                                      ("generate_summary", reasoning.generate_summary,
+                                       SUMMARIES)):
+            if value is not None and value not in allowed:
+                raise APIError(400, f"Invalid value for 'reasoning.{field}': {value!r}; "
+                               f"expected one of {', '.join(sorted(allowed))}.",
+                               param=f"reasoning.{field}", code="invalid_value")
     for i, entry in enumerate(body.include or ()):
         if entry not in HARMLESS_INCLUDES:
             raise unsupported(f"include[{i}]", f"lokal cannot include '{entry}'")
@@ -209,7 +219,7 @@ def response_request(body: CreateResponse, history: Sequence[Item], request_id: 
     """The generation for `body`, after the `history` its previous_response_id chain holds,
     and this request's own input items, as stored; `instructions` lead as a system message
     (never carried over from earlier responses)."""
-    refuseunsupported(body)
+    refuse_unsupported(body)
     items = input_items(body)
     plan = plan_tools(body)
     fmt = body.text.format if body.text is not None else None
@@ -247,7 +257,8 @@ def echo(body: CreateResponse) -> dict[str, Any]:
         "max_output_tokens": body.max_output_tokens,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": body.previous_response_id,
-        "reasoning": {"effort": None, "summary": None},
+        "reasoning": {"effort": body.reasoning.effort if body.reasoning else None,
+                      "summary": body.reasoning.summary if body.reasoning else None},
         "store": body.store is not False,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "text": {"format": fmt, "verbosity": "medium"},

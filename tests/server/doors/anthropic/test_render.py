@@ -114,7 +114,11 @@ def test_blocks_become_chat_messages_with_tool_calls_and_results() -> None:
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
      "text only"),
     ({"messages": [{"role": "user", "content": "hi"}], "thinking": {"type": "enabled"}},
-     "does not reason"),
+     "budget_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}],
+      "thinking": {"type": "enabled", "budget_tokens": 512}}, "greater than or equal to 1024"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000,
+      "thinking": {"type": "enabled", "budget_tokens": 2000}}, "greater than `thinking"),
     ({"messages": [{"role": "user", "content": "hi"}],
       "tools": [{"name": "web_search", "type": "web_search_20250305"}]}, "server tools"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "f"}],
@@ -173,3 +177,15 @@ def test_empty_content_and_unusable_prefills_are_a_400(messages: list[dict[str, 
     with pytest.raises(APIError, match=says) as caught:
         translate(_request(messages=messages), "r", SchemaLimits())
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("thinking", [
+    {"type": "adaptive"}, {"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"}])
+def test_a_thinking_budget_is_a_ceiling_a_model_that_does_not_reason_meets(
+        thinking: dict[str, Any]) -> None:
+    """Claude Code sends thinking adaptive; a model that does not reason answers without
+    thinking, which is within any budget: accepted, not refused."""
+    body = _request(messages=[{"role": "user", "content": "hi"}], max_tokens=32000,
+                    thinking=thinking)
+    translated = translate(body, "r", SchemaLimits())
+    assert translated.generation.sampling.max_tokens == 32000

@@ -132,7 +132,8 @@ def test_store_routes(client: TestClient) -> None:
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input[0].content[0]"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"reasoning": {"effort": "high"}}, "reasoning"),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"reasoning": {"summary": "everything"}}, "reasoning.summary"),
     ({"background": True}, "background"),
     ({"include": ["message.output_text.logprobs"]}, "include[0]"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
@@ -175,3 +176,15 @@ def test_failure_mid_stream_is_response_failed_and_not_stored(tmp_path: Path) ->
     assert failed["response"]["error"]["code"] == "server_error"
     assert "the engine fell over" not in failed["response"]["error"]["message"]  # no internals
     assert client.get(f"/v1/responses/{failed['response']['id']}").status_code == 404
+
+
+def test_a_reasoning_effort_is_a_ceiling_met_with_no_reasoning(client: TestClient) -> None:
+    """What Codex sends: an effort and a summary are ceilings a model that does not reason
+    meets with none, so the request succeeds and its usage says no reasoning was done."""
+    r = _post(client, input="hi", reasoning={"effort": "high", "summary": "auto"},
+              include=["reasoning.encrypted_content"], store=False)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert body["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+    assert all(item["type"] != "reasoning" for item in body["output"])
