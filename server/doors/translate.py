@@ -5,16 +5,20 @@ constraint that enforces a call), and the schema limits."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from fastapi.responses import Response
 
 from lokal.backends.base import Constraint, GenerationRequest, SamplingParams, Tool
 from lokal.backends.tools import tool_call_schema
 from lokal.server.errors import APIError
 from lokal.server.settings import SchemaLimits
 
+logger = logging.getLogger(__name__)
 _TOKEN_ID = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit() takes '²', which int() refuses
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the inputs of one request
 # OpenAI's and Anthropic's defaults: temperature 1, top_p 1, no penalties (Ollama has its own)
@@ -94,6 +98,9 @@ class ToolPlan:
     names: frozenset[str] = frozenset()
     forced: bool = False
     constraint: Constraint | None = None
+    left_out: tuple[str, ...] = ()
+    """Hosted tools the request offered that lokal cannot run (web search, code interpreter,
+    ...), by type: not shown to the model; the response names them (left_out_header)."""
 
 
 def tool_plan(tools: Sequence[Tool], choice: ToolChoice | None, *,
@@ -203,3 +210,16 @@ def limited(constraint: Constraint | None, limits: SchemaLimits) -> Constraint |
                 return None
             raise
     return constraint
+
+
+LEFT_OUT_HEADER = "X-Lokal-Tools-Left-Out"
+
+
+def left_out_header(plan: ToolPlan, response: Response, request_id: str) -> Response:
+    """Names the hosted tools `plan` left out in a response header (and the log), so that a
+    client sees its request succeeded without them."""
+    if plan.left_out:
+        response.headers[LEFT_OUT_HEADER] = ", ".join(plan.left_out)
+        logger.info("request %s: hosted tools left out (lokal cannot run them): %s",
+                    request_id, ", ".join(plan.left_out))
+    return response

@@ -148,8 +148,12 @@ def test_error_shapes(client: openai.OpenAI, http: httpx.Client) -> None:
     validate({"error": bad.value.body}, "ErrorResponse")
     assert bad.value.code == "unsupported_content_type"
     r = http.post("/v1/responses", json={"model": MODEL, "input": "hi",
-                                         "tools": [{"type": "web_search"}]})
+                                         "tools": [{"type": "custom", "name": "x"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools[0].type"
+    r = http.post("/v1/responses", json={"model": MODEL, "input": "hi", "max_output_tokens": 4,
+                                         "tools": [{"type": "web_search"}]})
+    assert r.status_code == 200, r.text  # a hosted tool lokal cannot run is left out, and said
+    assert r.headers["x-lokal-tools-left-out"] == "web_search"
     with pytest.raises(openai.NotFoundError) as unknown:
         client.responses.create(model="no-such-model", input="hi")
     assert unknown.value.code == "model_not_found"

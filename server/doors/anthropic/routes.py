@@ -12,6 +12,7 @@ from lokal.server.deps import PoolDep, RequestIdDep, SettingsDep
 from lokal.server.doors.anthropic.render import MessagesRenderer
 from lokal.server.doors.anthropic.translate import translate
 from lokal.server.doors.anthropic.wire import CountTokensRequest, CreateMessageRequest
+from lokal.server.doors.translate import left_out_header
 from lokal.server.generation import serve_generation
 from lokal.server.limits import reject_lone_surrogates
 
@@ -24,8 +25,9 @@ async def create_message(body: CreateMessageRequest, request: Request, pool: Poo
                          request_id: RequestIdDep, settings: SettingsDep) -> Response:
     translated = translate(body, request_id, settings.schema_limits())
     renderer = MessagesRenderer(f"msg_{uuid.uuid4().hex[:24]}", body.model, request_id)
-    return await serve_generation(request, pool, body.model, [translated.generation],
-                                  renderer, stream=bool(body.stream))
+    response = await serve_generation(request, pool, body.model, [translated.generation],
+                                      renderer, stream=bool(body.stream))
+    return left_out_header(translated.plan, response, request_id)
 
 
 @router.post("/v1/messages/count_tokens")

@@ -5,6 +5,7 @@ tool plan, and a 400 in Anthropic's terms for what lokal cannot honour."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from lokal.backends.base import ChatMessage, ChatPrompt, GenerationRequest, Tool, ToolCall
 from lokal.server.doors.anthropic.wire import (
@@ -135,10 +136,11 @@ def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -
     if prefilled:
         _check_prefill(messages[-1], last)
     tools = []
-    for i, tool in enumerate(body.tools or []):
-        if tool.type not in (None, "custom"):
-            raise _bad(f"tools.{i}: tools of type '{tool.type}' (Anthropic's server tools) are "
-                       "not supported; give client tools with name and input_schema")
+    left_out: dict[str, str] = {}  # name -> type
+    for tool in body.tools or []:
+        if tool.type not in (None, "custom"):  # Anthropic's own (server) tools: left out
+            left_out[tool.name] = tool.type
+            continue
         tools.append(Tool(tool.name, tool.description or None,
                           tool.input_schema or {"type": "object"}))
     choice = None
@@ -147,14 +149,17 @@ def translate(body: CountTokensRequest, request_id: str, limits: SchemaLimits) -
         kind = body.tool_choice.type
         if kind == "tool" and not body.tool_choice.name:
             raise _bad("tool_choice: type 'tool' needs the 'name' of the tool")
+        if kind == "tool" and body.tool_choice.name in left_out:
+            raise _bad(f"tool_choice: '{body.tool_choice.name}' is one of Anthropic's server "
+                       "tools, which lokal cannot run; it is left out of the request")
         choice = {"auto": ToolChoice("auto"), "none": ToolChoice("none"),
                   "any": ToolChoice("required"),
                   "tool": ToolChoice("required", body.tool_choice.name)}[kind]
         parallel = not body.tool_choice.disable_parallel_tool_use
         if kind in ("auto", "none") and not tools:
             choice = None  # Anthropic accepts these without tools
-    plan = tool_plan(tools, choice, parallel=parallel, param="tools",
-                     schema_field="input_schema")
+    plan = replace(tool_plan(tools, choice, parallel=parallel, param="tools",
+                             schema_field="input_schema"), left_out=tuple(left_out.values()))
     wanted = sampling()
     if isinstance(body, CreateMessageRequest):
         wanted = sampling(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,

@@ -14,6 +14,7 @@ from lokal.server.doors.responses.render import ResponseMeta, ResponsesRenderer,
 from lokal.server.doors.responses.store import ResponseStore
 from lokal.server.doors.responses.translate import echo, new_id, response_request
 from lokal.server.doors.responses.wire import CreateResponse
+from lokal.server.doors.translate import left_out_header
 from lokal.server.errors import APIError
 from lokal.server.generation import serve_generation
 from lokal.server.limits import reject_lone_surrogates
@@ -47,8 +48,9 @@ async def create_response(
             await store.put(response, items)
 
     meta = ResponseMeta(new_id("resp"), int(time.time()), body.model, echo(body))
-    return await serve_generation(request, pool, body.model, [translated.generation],
-                                  ResponsesRenderer(meta, save), stream=bool(body.stream))
+    response = await serve_generation(request, pool, body.model, [translated.generation],
+                                      ResponsesRenderer(meta, save), stream=bool(body.stream))
+    return left_out_header(translated.plan, response, request_id)
 
 
 @router.get("/v1/responses/{response_id}")

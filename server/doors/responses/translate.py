@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from lokal.backends.base import (
@@ -34,6 +35,11 @@ Item = dict[str, Any]
 """An input or output item in the shape the API returns it (ItemResource), with its id."""
 
 TEXT_PARTS = frozenset({"input_text", "output_text"})
+HOSTED_TOOLS = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11",
+                          "file_search", "code_interpreter", "computer_use_preview", "mcp",
+                          "image_generation", "local_shell"})
+"""Tools OpenAI's servers run (web search, file search, code, computer use, remote MCP,
+images, a shell): not offered to the model here, and named in the response's header."""
 EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 SUMMARIES = frozenset({"auto", "concise", "detailed"})
 HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
@@ -178,7 +184,11 @@ def chat_messages(items: Sequence[Item]) -> list[ChatMessage]:
 
 def plan_tools(body: CreateResponse) -> ToolPlan:
     tools: list[Tool] = []
+    left_out: list[str] = []
     for i, tool in enumerate(body.tools or ()):
+        if tool.type in HOSTED_TOOLS:  # OpenAI runs these itself; lokal cannot
+            left_out.append(tool.type)
+            continue
         if tool.type != "function":
             raise unsupported(f"tools[{i}].type", f"lokal serves only function tools, not "
                                f"'{tool.type}'")
@@ -197,8 +207,9 @@ def plan_tools(body: CreateResponse) -> ToolPlan:
     else:
         raise unsupported("tool_choice", f"lokal offers 'none', 'auto', 'required' and "
                            f"{{'type': 'function', 'name': ...}}, not type '{raw.type}'")
-    return tool_plan(tools, choice, parallel=body.parallel_tool_calls is not False,
+    plan = tool_plan(tools, choice, parallel=body.parallel_tool_calls is not False,
                      schema_field="parameters")
+    return replace(plan, left_out=tuple(left_out))
 
 
 def _text_format(body: CreateResponse, limits: SchemaLimits) -> Constraint | None:
@@ -250,7 +261,8 @@ def echo(body: CreateResponse) -> dict[str, Any]:
             if given.description is not None:
                 fmt["description"] = given.description
     tools = [{"type": "function", "name": t.name, "description": t.description,
-              "parameters": t.parameters, "strict": t.strict} for t in body.tools or ()]
+              "parameters": t.parameters, "strict": t.strict} if t.type == "function"
+             else {"type": t.type} for t in body.tools or ()]
     choice = body.tool_choice
     out: dict[str, Any] = {
         "instructions": body.instructions,

@@ -120,7 +120,8 @@ def test_blocks_become_chat_messages_with_tool_calls_and_results() -> None:
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000,
       "thinking": {"type": "enabled", "budget_tokens": 2000}}, "greater than `thinking"),
     ({"messages": [{"role": "user", "content": "hi"}],
-      "tools": [{"name": "web_search", "type": "web_search_20250305"}]}, "server tools"),
+      "tools": [{"name": "web_search", "type": "web_search_20250305"}],
+      "tool_choice": {"type": "tool", "name": "web_search"}}, "server tools, which lokal cannot"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "f"}],
       "tool_choice": {"type": "tool", "name": "g"}}, "no tool named 'g'"),
 ])
@@ -189,3 +190,12 @@ def test_a_thinking_budget_is_a_ceiling_a_model_that_does_not_reason_meets(
                     thinking=thinking)
     translated = translate(body, "r", SchemaLimits())
     assert translated.generation.sampling.max_tokens == 32000
+
+
+def test_anthropics_server_tools_are_left_out_and_named() -> None:
+    body = _request(messages=[{"role": "user", "content": "hi"}], tools=[
+        {"name": "get_weather", "input_schema": {"type": "object"}},
+        {"name": "web_search", "type": "web_search_20250305"}])
+    plan = translate(body, "r", SchemaLimits()).plan
+    assert [t.name for t in plan.tools] == ["get_weather"]
+    assert plan.left_out == ("web_search_20250305",)

@@ -131,7 +131,9 @@ def test_store_routes(client: TestClient) -> None:
 @pytest.mark.parametrize(("body", "param"), [
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
      "input[0].content[0]"),
-    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"tools": [{"type": "custom", "name": "x"}]}, "tools[0].type"),
+    ({"tools": [TOOL, {"type": "web_search"}], "tool_choice": {"type": "web_search"}},
+     "tool_choice"),
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"reasoning": {"summary": "everything"}}, "reasoning.summary"),
     ({"background": True}, "background"),
@@ -188,3 +190,19 @@ def test_a_reasoning_effort_is_a_ceiling_met_with_no_reasoning(client: TestClien
     assert body["reasoning"] == {"effort": "high", "summary": "auto"}
     assert body["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
     assert all(item["type"] != "reasoning" for item in body["output"])
+
+
+def test_hosted_tools_are_left_out_and_named(client: TestClient,
+                                             backend: ScriptedBackend) -> None:
+    """What Codex sends beside its functions: web search and the like, which OpenAI runs and
+    lokal cannot. The request succeeds, the model is offered only the functions, and the
+    response names what was left out."""
+    r = _post(client, input="hi", tools=[TOOL, {"type": "web_search"},
+                                         {"type": "code_interpreter", "container": "auto"}])
+    assert r.status_code == 200, r.text
+    assert r.headers["x-lokal-tools-left-out"] == "web_search, code_interpreter"
+    prompt = backend.requests[-1].prompt
+    assert isinstance(prompt, ChatPrompt) and [t.name for t in prompt.tools] == ["get_weather"]
+    assert [t["type"] for t in r.json()["tools"]] == ["function", "web_search", "code_interpreter"]
+    plain = _post(client, input="hi", tools=[TOOL])
+    assert "x-lokal-tools-left-out" not in plain.headers
