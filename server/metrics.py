@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.metrics_core import (
@@ -69,20 +69,6 @@ class Metrics:
         at arrival). With `vllm_names` (a llama.cpp-engine model) the vllm:* series are
         observed too."""
         return GenerationWatch(self, model, started, vllm_names)
-
-    async def observe(
-        self, chunks: AsyncGenerator[Chunk, None], model: str, started: float,
-        vllm_names: bool = False,
-    ) -> AsyncGenerator[Chunk, None]:
-        """`chunks` passed through a watch (see watch())."""
-        watch = self.watch(model, started, vllm_names)
-        try:
-            async for chunk in chunks:
-                watch.chunk(chunk)
-                yield chunk
-            watch.ended()
-        finally:
-            await chunks.aclose()
 
 
 class GenerationWatch:

@@ -1,4 +1,4 @@
-"""Metrics.observe on a chunk stream: TTFT once, inter-token gaps per choice, tokens from the
+"""The metrics watch over a chunk stream: TTFT once, inter-token gaps per choice, tokens from the
 engine's usage (a prompt's tokens once for its n choices), queue time when reported."""
 
 from __future__ import annotations
@@ -34,14 +34,22 @@ async def _two_choices() -> AsyncGenerator[Chunk, None]:
     yield Chunk(1, finish_reason="length", usage=Usage(7, 3))
 
 
-async def _drain(chunks: AsyncGenerator[Chunk, None]) -> int:
-    return len([c async for c in chunks])
+async def _watched(metrics: Metrics, chunks: AsyncGenerator[Chunk, None],
+                   started: float) -> int:
+    """`chunks` shown to a watch as serve_generation shows them; how many there were."""
+    watch = metrics.watch("m", started)
+    seen = 0
+    async for chunk in chunks:
+        watch.chunk(chunk)
+        seen += 1
+    watch.ended()
+    return seen
 
 
-def test_observe_counts_prompt_once_and_every_generated_token() -> None:
+def test_the_watch_counts_prompt_once_and_every_generated_token() -> None:
     metrics = _metrics()
-    seen = asyncio.run(_drain(metrics.observe(_two_choices(), "m", time.perf_counter())))
-    assert seen == 8  # passes every chunk through
+    seen = asyncio.run(_watched(metrics, _two_choices(), time.perf_counter()))
+    assert seen == 8
     assert _value(metrics, "lokal_prompt_tokens_total", model="m") == 7
     assert _value(metrics, "lokal_generation_tokens_total", model="m") == 6
     assert _value(metrics, "lokal_time_to_first_token_seconds_count", model="m") == 1
@@ -52,7 +60,7 @@ def test_observe_counts_prompt_once_and_every_generated_token() -> None:
 def test_ttft_is_measured_from_the_request_start() -> None:
     metrics = _metrics()
     started = time.perf_counter() - 5.0  # the request arrived five seconds ago
-    asyncio.run(_drain(metrics.observe(_two_choices(), "m", started)))
+    asyncio.run(_watched(metrics, _two_choices(), started))
     assert _value(metrics, "lokal_time_to_first_token_seconds_sum", model="m") >= 5.0
     assert _value(metrics, "lokal_time_to_first_token_seconds_bucket", model="m",
                   le="2.5") == 0
@@ -66,31 +74,9 @@ def test_queue_time_is_observed_when_the_engine_reports_it() -> None:
         yield Chunk(0, "b", (2,))
         yield Chunk(0, finish_reason="stop", usage=Usage(1, 2))
 
-    asyncio.run(_drain(metrics.observe(queued(), "m", time.perf_counter())))
+    asyncio.run(_watched(metrics, queued(), time.perf_counter()))
     assert _value(metrics, "lokal_queue_time_seconds_count", model="m") == 1
     assert _value(metrics, "lokal_queue_time_seconds_sum", model="m") == 0.3
-
-
-def test_closing_the_observed_stream_closes_the_engine_stream() -> None:
-    metrics = _metrics()
-    closed = False
-
-    async def engine() -> AsyncGenerator[Chunk, None]:
-        nonlocal closed
-        try:
-            while True:
-                yield Chunk(0, "x", (1,))
-        finally:
-            closed = True
-
-    async def take_two() -> None:
-        observed = metrics.observe(engine(), "m", time.perf_counter())
-        await anext(observed)
-        await anext(observed)
-        await observed.aclose()
-
-    asyncio.run(take_two())
-    assert closed
 
 
 def test_before_loading_only_readiness_and_process_series() -> None:
