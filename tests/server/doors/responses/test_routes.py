@@ -206,3 +206,15 @@ def test_hosted_tools_are_left_out_and_named(client: TestClient,
     assert [t["type"] for t in r.json()["tools"]] == ["function", "web_search", "code_interpreter"]
     plain = _post(client, input="hi", tools=[TOOL])
     assert "x-lokal-tools-left-out" not in plain.headers
+
+
+def test_a_strict_function_tool_is_enforced_not_best_effort(client: TestClient,
+                                                           backend: ScriptedBackend) -> None:
+    """A function tool's `strict` reaches the tool plan: in auto mode a call the model begins
+    is held to a strict tool's schema exactly (it was dropped, so held only best effort)."""
+    r = _post(client, input="hi", tools=[{**TOOL, "strict": True}])
+    assert r.status_code == 200, r.text
+    constraint = backend.requests[-1].constraint
+    assert constraint is not None and constraint.lazy and not constraint.best_effort
+    prompt = backend.requests[-1].prompt
+    assert isinstance(prompt, ChatPrompt) and prompt.tools[0].strict is True
